@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install everything VR3 AI needs on Debian 12 (run as root or through sudo):
+#   Debian packages, a Python venv with the platform and the offline voice stack, cached under
+#   ~/.cache/vr3ai so a second run takes seconds.
+#   usage: scripts/install.sh [--test]   (--test also installs PostgreSQL and the Asterisk chroot)
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${VR3AI_CACHE:-$HOME/.cache/vr3ai}
+VENV=${VR3AI_VENV:-$CACHE/venv}
+WITH_TEST=0
+[ "${1:-}" = "--test" ] && WITH_TEST=1
+mkdir -p "$CACHE"
+
+need_pkgs=(python3 python3-venv python3-dev gcc flite sox espeak-ng openssl curl ca-certificates)
+[ "$WITH_TEST" = 1 ] && need_pkgs+=(postgresql debootstrap)
+missing=()
+for p in "${need_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+PY=python3
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "creating venv $VENV" >&2
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install -q -U pip wheel setuptools >&2
+fi
+# Re-run pip only when the dependency list changed (pip's own cache makes a re-install offline-fast).
+stamp="$VENV/.vr3ai-deps-$(sha256sum "$HERE/pyproject.toml" | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "installing Python dependencies (first run: several minutes)" >&2
+  "$VENV/bin/pip" install -q -e "$HERE[voice,dev]" >&2
+  rm -f "$VENV"/.vr3ai-deps-*; touch "$stamp"
+else
+  # The package itself is installed editable; point it at this clone (CI uses a fresh clone).
+  "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$HERE" >&2
+fi
+if [ "$WITH_TEST" = 1 ]; then
+  bash "$HERE/scripts/asterisk-chroot.sh" >/dev/null
+fi
+echo "$VENV"

@@ -1,0 +1,3 @@
+from vr3ai.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""The one seam between a call's media and the voice agent.
+
+ARI code never imports the agent and the agent never knows it is talking to Asterisk: the call
+owner (``vr3ai.telephony.ari.calls``) builds a :class:`MediaSession` (``vr3ai.media.session``)
+which implements :class:`CallAudio`, and hands it to an agent. Tests of the agent drive a fake
+``CallAudio``; tests of the call flow use the real Asterisk.
+
+Audio on this seam is always 16-bit signed little-endian mono PCM at ``sample_rate`` (8000 Hz for
+the G.711 u-law channel we ask Asterisk for). Transcoding to the wire format is the session's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    """A DTMF digit the caller pressed (0-9, A-D, *, #)."""
+
+    digit: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class MarkHeard:
+    """Everything queued before ``play(..., mark=name)`` returned has been played to the caller."""
+
+    name: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    """The call is over (caller hung up, media dropped, ...). No more frames or events follow."""
+
+    reason: str
+    at_ms: int
+
+
+CallEvent = Dtmf | MarkHeard | CallEnded
+
+
+@runtime_checkable
+class CallAudio(Protocol):
+    """What the agent sees of a call."""
+
+    sample_rate: int
+    """Sample rate of the PCM on this seam (8000 for u-law calls)."""
+
+    def frames(self) -> AsyncIterator[bytes]:
+        """Caller audio as PCM16 chunks (normally 20 ms), in arrival order. Ends when the call ends.
+
+        Asterisk sends nothing while the caller's side is silent on some paths (no comfort noise),
+        so consumers must tolerate gaps in time between chunks."""
+        ...
+
+    def events(self) -> AsyncIterator[CallEvent]:
+        """DTMF digits, heard marks and the end of the call, in order."""
+        ...
+
+    def play(self, pcm: bytes, mark: str | None = None) -> None:
+        """Queue agent audio (PCM16 at ``sample_rate``; any length). Never blocks.
+
+        The session paces it to Asterisk in real time with a small bounded lead, sending silence
+        whenever nothing is queued. With ``mark``, a :class:`MarkHeard` event follows once the caller
+        has heard everything queued up to and including this audio."""
+        ...
+
+    def flush(self) -> int:
+        """Barge-in: drop all agent audio the caller has not heard yet (ours and Asterisk's queue).
+
+        Returns the milliseconds of the current queue that were dropped. Marks of dropped audio never
+        fire."""
+        ...
+
+    def queued_ms(self) -> int:
+        """Agent audio queued but not yet heard by the caller, in milliseconds (an estimate within
+        one frame)."""
+        ...
+
+    def clock_ms(self) -> int:
+        """Milliseconds since the media session started: the time base of transcripts and metrics."""
+        ...
+
+    async def hangup(self, reason: str) -> None:
+        """The agent ends the call. Returns once teardown has been requested."""
+        ...

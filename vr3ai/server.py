@@ -1,0 +1,77 @@
+"""``vr3ai serve``: migrations, first-run organization, then one uvicorn process serving the API,
+the dashboard, the media WebSocket (and optionally a second, TLS listener for ``wss://`` media)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import uvicorn
+
+from vr3ai.app import create_app
+from vr3ai.db.migrate import upgrade
+from vr3ai.settings import Settings
+
+log = logging.getLogger("vr3ai.server")
+
+
+def _uvicorn_config(app: object, host: str, port: int, **kw: object) -> uvicorn.Config:
+    # ws="websockets": its 101 reply ("Connection: Upgrade", no extensions unless offered) passes
+    # Asterisk's strict handshake check; access logs off because URLs may carry credentials.
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ws="websockets",
+        log_config=None,
+        access_log=False,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def _serve(settings: Settings) -> None:
+    from vr3ai.cli import ensure_default_organization
+
+    app = create_app(settings)
+    svc = app.state.services
+    await upgrade(svc.db)
+    created = await ensure_default_organization(svc.db)
+    if created:
+        org_id, key = created
+        print(
+            "\nVR3 AI: created the default organization for this new data folder.\n"
+            f"  organization id: {org_id}\n"
+            f"  API key (shown once, store it now): {key}\n"
+            f"  Dashboard sign-in: run  vr3ai user create {org_id} you@example.com  then open "
+            f"{settings.effective_public_url()}/login\n",
+            file=sys.stdout,
+            flush=True,
+        )
+    main = uvicorn.Server(_uvicorn_config(app, settings.host, settings.port, lifespan="on"))
+    servers = [main]
+    if settings.media_tls_port and settings.media_tls_cert and settings.media_tls_key:
+        tls = uvicorn.Server(
+            _uvicorn_config(
+                app,
+                settings.host,
+                settings.media_tls_port,
+                lifespan="off",
+                ssl_certfile=settings.media_tls_cert,
+                ssl_keyfile=settings.media_tls_key,
+            )
+        )
+        servers.append(tls)
+
+    log.info("listening", extra={"url": settings.effective_public_url()})
+    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    # When the main server stops (SIGTERM/SIGINT), stop the TLS media listener with it.
+    await tasks[0]
+    for s in servers[1:]:
+        s.should_exit = True
+    await asyncio.gather(*tasks[1:])
+
+
+def serve(settings: Settings) -> int:
+    asyncio.run(_serve(settings))
+    return 0

@@ -1,0 +1,36 @@
+"""The process's long-lived services, built once in the app's lifespan and shared by every route."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from vr3ai.core.quota import QuotaService
+from vr3ai.core.runs import RunService
+from vr3ai.core.secrets import SecretBox
+from vr3ai.db.session import Database
+from vr3ai.settings import Settings
+
+if TYPE_CHECKING:
+    from vr3ai.telephony.manager import TelephonyManager
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    box: SecretBox
+    quota: QuotaService
+    runs: RunService
+    telephony: TelephonyManager | None = None
+    media: Any = None
+    """``vr3ai.media.server.MediaRegistry``: pending media channels awaiting Asterisk's connection."""
+    voice: Any = None
+    """``vr3ai.agent.factory.VoiceRuntime`` when the offline voice stack is loaded."""
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        db = Database(settings.resolved_database_url())
+        box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
+        quota = QuotaService(db)
+        return cls(settings=settings, db=db, box=box, quota=quota, runs=RunService(db, quota))

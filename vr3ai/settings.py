@@ -1,0 +1,79 @@
+"""Process settings, read once from the environment.
+
+Embedded default: SQLite in ``VR3AI_DATA_DIR`` (``./data``). Production: PostgreSQL through
+``VR3AI_DATABASE_URL``. Everything else has a default so ``vr3ai serve`` works with no setup.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the URLs people paste (``postgres://``, ``postgresql://``) and pick the async drivers."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+asyncpg://" + url[len("postgresql://") :]
+    if url.startswith("sqlite:///"):
+        url = "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    return url
+
+
+@dataclass
+class Settings:
+    data_dir: Path = field(default_factory=lambda: Path(os.environ.get("VR3AI_DATA_DIR", "./data")))
+    database_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str = ""
+    """How Asterisk reaches us (used in generated websocket_client.conf snippets and diagnostics)."""
+    secret_key: str = ""
+    """Key for encrypting secrets at rest; default: generated once into ``data_dir/secret.key``."""
+    media_tls_cert: str = ""
+    media_tls_key: str = ""
+    media_tls_port: int = 0
+    """If set with cert and key, the media WebSocket is also served as wss on this port."""
+    start_telephony: bool = True
+    """Start ARI listeners for stored configurations (tests of the API alone switch this off)."""
+    voice: bool = True
+    """Load the offline voice stack at start-up (off for API-only tests)."""
+    log_json: bool = True
+    cookie_secure: bool = False
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        s = cls()
+        s.database_url = os.environ.get("VR3AI_DATABASE_URL", "")
+        s.host = os.environ.get("VR3AI_HOST", s.host)
+        s.port = int(os.environ.get("VR3AI_PORT", s.port))
+        s.public_url = os.environ.get("VR3AI_PUBLIC_URL", "")
+        s.secret_key = os.environ.get("VR3AI_SECRET_KEY", "")
+        s.media_tls_cert = os.environ.get("VR3AI_MEDIA_TLS_CERT", "")
+        s.media_tls_key = os.environ.get("VR3AI_MEDIA_TLS_KEY", "")
+        s.media_tls_port = int(os.environ.get("VR3AI_MEDIA_TLS_PORT", "0") or 0)
+        s.start_telephony = _env_bool("VR3AI_START_TELEPHONY", True)
+        s.voice = _env_bool("VR3AI_VOICE", True)
+        s.log_json = _env_bool("VR3AI_LOG_JSON", True)
+        s.cookie_secure = _env_bool("VR3AI_COOKIE_SECURE", False)
+        return s
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return normalize_database_url(self.database_url)
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'vr3ai.db').resolve()}"
+
+    def effective_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in {"0.0.0.0", "::", ""} else self.host
+        return f"http://{host}:{self.port}"

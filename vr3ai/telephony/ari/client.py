@@ -1,0 +1,231 @@
+"""ARI REST over one pooled httpx client per configuration.
+
+Why a bounded pool: Asterisk's HTTP server accepts 100 sessions by default (http.conf
+``sessionlimit``); a client that opens a connection per request under load exceeds it, and then calls
+go unanswered and channels leak. One ``httpx.AsyncClient`` with ``max_connections`` well under that
+limit queues requests instead. Credentials travel in the Authorization header only (never in URLs
+that might be logged) and never appear in exception texts.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+log = logging.getLogger("vr3ai.telephony.ari.client")
+
+HANGUP_REASONS = {
+    "normal",
+    "busy",
+    "congestion",
+    "no_answer",
+    "timeout",
+    "rejected",
+    "unallocated",
+    "normal_unspecified",
+    "number_incomplete",
+    "codec_mismatch",
+    "interworking",
+    "failure",
+    "answered_elsewhere",
+}
+
+
+class AriError(Exception):
+    """An ARI request failed. ``status`` is the HTTP status (0 = no HTTP answer)."""
+
+    def __init__(self, status: int, message: str, method: str = "", path: str = "") -> None:
+        super().__init__(f"ARI {method} {path} → {status or 'no answer'}: {message}")
+        self.status = status
+        self.message = message
+
+
+def ari_base_url(endpoint_url: str) -> str:
+    """``http://host:8088`` (as the guide asks users to enter) → ``http://host:8088/ari``."""
+    url = endpoint_url.strip().rstrip("/")
+    if url.endswith("/ari"):
+        url = url[: -len("/ari")]
+    return url + "/ari"
+
+
+def events_url(endpoint_url: str, app: str) -> str:
+    parts = urlsplit(ari_base_url(endpoint_url))
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return f"{scheme}://{parts.netloc}{parts.path}/events?app={app}&subscribeAll=false"
+
+
+class AriClient:
+    def __init__(
+        self,
+        endpoint_url: str,
+        username: str,
+        password: str,
+        *,
+        max_connections: int = 16,
+        timeout: float = 5.0,
+    ) -> None:
+        self.base_url = ari_base_url(endpoint_url)
+        self.username = username
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            auth=httpx.BasicAuth(username, password),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        ok_missing: bool = False,
+    ) -> Any:
+        """Send one request; JSON body or None (204). ``ok_missing``: a 404 returns None (a race we
+        expect, e.g. deleting a channel that just hung up)."""
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            resp = await self._http.request(method, path, params=clean, json=json)
+        except httpx.ConnectError as e:
+            raise AriError(0, f"cannot connect to {self.base_url} ({_reason(e)})", method, path) from None
+        except httpx.TimeoutException:
+            raise AriError(0, f"timed out talking to {self.base_url}", method, path) from None
+        except httpx.HTTPError as e:
+            raise AriError(0, f"{type(e).__name__} talking to {self.base_url}", method, path) from None
+        if resp.status_code == 404 and ok_missing:
+            return None
+        if resp.status_code >= 400:
+            raise AriError(resp.status_code, _message(resp), method, path)
+        if resp.status_code == 204 or not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError:
+            return resp.text
+
+    # --- asterisk ---------------------------------------------------------------------------------
+    async def info(self) -> dict[str, Any]:
+        return await self.request("GET", "/asterisk/info")
+
+    async def module(self, name: str) -> dict[str, Any] | None:
+        return await self.request("GET", f"/asterisk/modules/{name}", ok_missing=True)
+
+    async def applications(self) -> list[dict[str, Any]]:
+        return await self.request("GET", "/applications")
+
+    async def application(self, name: str) -> dict[str, Any] | None:
+        return await self.request("GET", f"/applications/{name}", ok_missing=True)
+
+    # --- channels ---------------------------------------------------------------------------------
+    async def channels(self) -> list[dict[str, Any]]:
+        return await self.request("GET", "/channels")
+
+    async def channel(self, channel_id: str) -> dict[str, Any] | None:
+        return await self.request("GET", f"/channels/{channel_id}", ok_missing=True)
+
+    async def answer(self, channel_id: str) -> None:
+        await self.request("POST", f"/channels/{channel_id}/answer")
+
+    async def hangup(self, channel_id: str, reason: str = "normal") -> bool:
+        """Hang up; False if the channel was already gone."""
+        assert reason in HANGUP_REASONS, reason
+        try:
+            await self.request("DELETE", f"/channels/{channel_id}", params={"reason": reason})
+        except AriError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    async def external_media(
+        self,
+        *,
+        app: str,
+        channel_id: str,
+        external_host: str,
+        fmt: str = "ulaw",
+        transport_data: str | None = None,
+        variables: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        params = {
+            "app": app,
+            "channelId": channel_id,
+            "external_host": external_host,
+            "transport": "websocket",
+            "encapsulation": "none",
+            "connection_type": "client",
+            "format": fmt,
+            "direction": "both",
+            "transport_data": transport_data,
+        }
+        body = {"variables": variables} if variables else None
+        return await self.request("POST", "/channels/externalMedia", params=params, json=body)
+
+    async def originate(
+        self,
+        *,
+        endpoint: str,
+        app: str,
+        app_args: str,
+        channel_id: str,
+        caller_id: str | None = None,
+        timeout_s: int = 30,
+        formats: str | None = "ulaw",
+    ) -> dict[str, Any]:
+        params = {
+            "endpoint": endpoint,
+            "app": app,
+            "appArgs": app_args,
+            "channelId": channel_id,
+            "callerId": caller_id,
+            "timeout": timeout_s,
+            # Without formats a Local/ channel runs at slin192 and gets resampled twice (quieter).
+            "formats": formats,
+        }
+        return await self.request("POST", "/channels", params=params)
+
+    # --- bridges ----------------------------------------------------------------------------------
+    async def bridges(self) -> list[dict[str, Any]]:
+        return await self.request("GET", "/bridges")
+
+    async def create_bridge(self, bridge_id: str, name: str = "") -> dict[str, Any]:
+        return await self.request("POST", "/bridges", params={"type": "mixing", "bridgeId": bridge_id, "name": name})
+
+    async def add_channels(self, bridge_id: str, channel_ids: list[str]) -> None:
+        await self.request("POST", f"/bridges/{bridge_id}/addChannel", params={"channel": ",".join(channel_ids)})
+
+    async def delete_bridge(self, bridge_id: str) -> bool:
+        try:
+            await self.request("DELETE", f"/bridges/{bridge_id}")
+        except AriError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+
+def _message(resp: httpx.Response) -> str:
+    try:
+        data = resp.json()
+        if isinstance(data, dict) and "message" in data:
+            return str(data["message"])
+    except ValueError:
+        pass
+    text = resp.text.strip()
+    return text[:200] if text else resp.reason_phrase
+
+
+def _reason(e: Exception) -> str:
+    text = str(e) or type(e).__name__
+    if "refused" in text.lower():
+        return "connection refused"
+    if "name or service" in text.lower() or "nodename" in text.lower():
+        return "host name not found"
+    return text[:120]

@@ -1,0 +1,287 @@
+"""Everything VR3 AI holds for one ARI telephony configuration while it is active.
+
+The pooled REST client, the events WebSocket, the live calls keyed by channel id, the reconcile
+pass after every (re)connect, and a short memory of refused calls so that the configuration's
+status explains them (``no matching phone number...``) without anyone reading logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vr3ai.core.runs import RunOutcome
+from vr3ai.db.models import TelephonyConfiguration, Workflow
+from vr3ai.telephony.ari.calls import OUTBOUND_MARK, AgentFactory, Call
+from vr3ai.telephony.ari.client import AriClient, AriError
+from vr3ai.telephony.ari.events import AriEventStream, ConnectionState
+
+if TYPE_CHECKING:
+    from vr3ai.services import Services
+
+log = logging.getLogger("vr3ai.telephony.ari.connection")
+
+
+@dataclass
+class AriConfig:
+    """A decrypted snapshot of a configuration row (the listener never reads the DB row again)."""
+
+    id: str
+    organization_id: str
+    name: str
+    ari_endpoint_url: str
+    stasis_app_name: str
+    app_password: str = field(repr=False)
+    websocket_client_name: str
+    from_extensions: list[str]
+    dial_template: str
+    media_username: str | None = None
+    media_password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_row(cls, row: TelephonyConfiguration, services: Services) -> AriConfig:
+        return cls(
+            id=row.id,
+            organization_id=row.organization_id,
+            name=row.name,
+            ari_endpoint_url=row.ari_endpoint_url,
+            stasis_app_name=row.stasis_app_name,
+            app_password=services.box.decrypt(row.app_password_enc),
+            websocket_client_name=row.websocket_client_name,
+            from_extensions=list(row.from_extensions or []),
+            dial_template=row.dial_template or "PJSIP/{to}",
+            media_username=row.media_username,
+            media_password=services.box.decrypt(row.media_password_enc) if row.media_password_enc else None,
+        )
+
+    def media_auth(self) -> tuple[str, str] | None:
+        if self.media_username and self.media_password:
+            return (self.media_username, self.media_password)
+        return None
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        return (
+            self.ari_endpoint_url,
+            self.stasis_app_name,
+            self.app_password,
+            self.websocket_client_name,
+            tuple(self.from_extensions),
+            self.dial_template,
+            self.media_username,
+            self.media_password,
+        )
+
+
+class AriConnection:
+    def __init__(self, services: Services, config: AriConfig, agent_factory: AgentFactory) -> None:
+        self.services = services
+        self.config = config
+        self.agent_factory = agent_factory
+        # Channel and bridge ids we mint carry this tag, so reconcile touches only our own leftovers
+        # even when several configurations share one Asterisk.
+        self.tag = config.id.replace("-", "")[:8]
+        self.client = AriClient(config.ari_endpoint_url, config.stasis_app_name, config.app_password)
+        self.stream = AriEventStream(
+            config_id=config.id,
+            endpoint_url=config.ari_endpoint_url,
+            app=config.stasis_app_name,
+            password=config.app_password,
+            client=self.client,
+            on_event=self.on_event,
+            on_connected=self.reconcile,
+        )
+        self.calls: dict[str, Call] = {}
+        self.live: set[Call] = set()
+        self.recent_events: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
+        self.reconcile_report: dict[str, Any] = {}
+        self._stopping = False
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.stream.start()
+
+    async def stop(self, reason: str = "telephony configuration stopped") -> None:
+        self._stopping = True
+        for call in list(self.live):
+            call.request_end(reason, "failed")
+        tasks = [c.task for c in self.live if c.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        await self.stream.stop()
+        await self.client.aclose()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "ari": self.stream.status(),
+            "active_calls": len(self.live),
+            "recent_events": list(self.recent_events),
+            "reconcile": self.reconcile_report,
+        }
+
+    def record_event(self, level: str, message: str) -> None:
+        self.recent_events.append({"at": datetime.now(UTC).isoformat(), "level": level, "message": message})
+
+    def recording_path(self, run_id: str) -> str:
+        path = Path(self.services.settings.data_dir) / "recordings"
+        path.mkdir(parents=True, exist_ok=True)
+        return str((path / f"{run_id}.wav").resolve())
+
+    # --- event routing ----------------------------------------------------------------------------
+    def on_event(self, event: dict[str, Any]) -> None:
+        etype = event.get("type")
+        channel = event.get("channel") if isinstance(event.get("channel"), dict) else None
+        cid = channel.get("id") if channel else None
+        if etype == "Dial":
+            peer = event.get("peer") or {}
+            call = self.calls.get(peer.get("id", "")) if isinstance(peer, dict) else None
+            if call is not None:
+                call.feed(event)
+            return
+        if not isinstance(cid, str):
+            return
+        call = self.calls.get(cid)
+        if call is not None:
+            call.feed(event)
+            return
+        if etype == "StasisStart" and not self._stopping:
+            self._on_new_channel(event, channel or {})
+
+    def _on_new_channel(self, event: dict[str, Any], channel: dict[str, Any]) -> None:
+        cid = channel["id"]
+        args = event.get("args") or []
+        if cid.startswith(("vr3m-", "vr3o-")) or (args and args[0] == OUTBOUND_MARK):
+            # One of our own channels that no live call owns (left over from before a restart).
+            log.warning("hanging up orphan channel", extra={"config_id": self.config.id, "channel_id": cid})
+            self._spawn(self._hangup_quietly(cid))
+            return
+        call = Call(self, direction="inbound", channel=channel)
+        self._register(call)
+        call.task = asyncio.create_task(call.run_inbound(), name=f"call-{call.run_id}")
+
+    def _register(self, call: Call) -> None:
+        self.live.add(call)
+        for cid in call.channel_ids:
+            self.calls[cid] = call
+
+    def forget(self, call: Call) -> None:
+        self.live.discard(call)
+        for cid in call.channel_ids:
+            if self.calls.get(cid) is call:
+                del self.calls[cid]
+
+    def _spawn(self, coro: Any) -> None:
+        # Keep a reference: the event loop only holds weak references to tasks.
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _hangup_quietly(self, cid: str) -> None:
+        try:
+            await self.client.hangup(cid)
+        except AriError:
+            pass
+
+    # --- outbound ---------------------------------------------------------------------------------
+    def start_outbound(self, run_id: str, workflow: Workflow, endpoint: str, caller_id: str | None) -> Call:
+        call = Call(self, direction="outbound", run_id=run_id)
+        call.channel_id = f"vr3o-{self.tag}-{run_id.replace('-', '')[:20]}"
+        call.channel = {"id": call.channel_id}
+        self._register(call)  # before the POST: events for the channel may beat the REST reply
+        call.task = asyncio.create_task(call.run_outbound(workflow, endpoint, caller_id), name=f"call-{call.run_id}")
+        return call
+
+    # --- reconcile --------------------------------------------------------------------------------
+    async def reconcile(self) -> None:
+        """After every (re)connect: clean our leftovers in Asterisk and close runs that cannot finish."""
+        t0 = time.monotonic()
+        app = self.config.stasis_app_name
+        live_channels = {cid for call in self.live for cid in call.channel_ids}
+        live_bridges = {call.bridge_id for call in self.live}
+        channels = await self.client.channels()
+        present = {ch.get("id") for ch in channels}
+        removed_channels = 0
+        for ch in channels:
+            cid = ch.get("id", "")
+            dialplan = ch.get("dialplan") or {}
+            in_our_app = dialplan.get("app_name") == "Stasis" and str(dialplan.get("app_data", "")).split(",")[0] == app
+            ours = cid.startswith((f"vr3m-{self.tag}-", f"vr3o-{self.tag}-")) or in_our_app
+            if ours and cid not in live_channels:
+                if await self.client.hangup(cid):
+                    removed_channels += 1
+        removed_bridges = 0
+        for bridge in await self.client.bridges():
+            bid = bridge.get("id", "")
+            if bid.startswith(f"vr3b-{self.tag}-") and bid not in live_bridges:
+                if await self.client.delete_bridge(bid):
+                    removed_bridges += 1
+        # Live calls whose channels vanished while we were disconnected (e.g. Asterisk restarted).
+        lost_calls = 0
+        for call in list(self.live):
+            if call.channel_id and call.channel_id not in present and call.task is not None:
+                if call.direction == "outbound" and not call.answered_by_remote.is_set():
+                    continue  # still dialing; its own events decide
+                call.request_end("Asterisk lost the call while the ARI connection was down", "failed")
+                lost_calls += 1
+        # Runs of this configuration that no live call owns can never finish.
+        live_runs = {call.run_id for call in self.live}
+        closed_runs = 0
+        for run in await self.services.runs.unfinished(self.config.id):
+            if run.id in live_runs:
+                continue
+            done = await self.services.runs.finish(
+                run.id,
+                RunOutcome(
+                    status="failed",
+                    end_reason="call lost: VR3 AI or Asterisk restarted while the call was up",
+                    events=[{"level": "error", "message": "closed by reconcile after (re)connect", "at_ms": None}],
+                ),
+            )
+            closed_runs += int(done)
+        self.reconcile_report = {
+            "at": datetime.now(UTC).isoformat(),
+            "removed_channels": removed_channels,
+            "removed_bridges": removed_bridges,
+            "ended_lost_calls": lost_calls,
+            "closed_runs": closed_runs,
+            "duration_ms": round((time.monotonic() - t0) * 1000, 1),
+        }
+        if removed_channels or removed_bridges or closed_runs or lost_calls:
+            log.warning("reconcile cleaned up", extra={"config_id": self.config.id, **self.reconcile_report})
+
+    # --- diagnostics helpers ----------------------------------------------------------------------
+    async def media_unreachable_text(self) -> str:
+        name = self.config.websocket_client_name
+        ours = f"{self.services.settings.effective_public_url().replace('http', 'ws', 1)}/api/v1/telephony/ws/ari"
+        uri = await self.websocket_client_uri()
+        where = f"the URI {uri}" if uri else f"the uri in websocket_client.conf [{name}]"
+        return (
+            f"Asterisk could not reach the media WebSocket at {where} (ChannelDestroyed cause 3, no route to "
+            f"destination). This VR3 AI listens at {ours}: check the uri, that VR3 AI is reachable from "
+            "Asterisk, and tls_enabled = yes for wss://."
+        )
+
+    async def websocket_client_uri(self) -> str | None:
+        """Read the uri of our websocket_client section through ARI's sorcery config API, if exposed."""
+        try:
+            data = await self.client.request(
+                "GET",
+                f"/asterisk/config/dynamic/res_websocket_client/websocket_client/{self.config.websocket_client_name}",
+            )
+        except AriError:
+            return None
+        if isinstance(data, list):
+            for item in data:
+                if isinstance(item, dict) and item.get("attribute") == "uri":
+                    return str(item.get("value"))
+        return None
+
+    @property
+    def connected(self) -> bool:
+        return self.stream.state == ConnectionState.CONNECTED

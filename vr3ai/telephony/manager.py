@@ -1,0 +1,148 @@
+"""One listener per active telephony configuration; follows configuration create/update/delete.
+
+The API calls :meth:`config_changed` / :meth:`config_deleted` after it commits, so a saved
+configuration connects (or reconnects with new credentials) at once, without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from vr3ai.core.quota import QuotaExceeded
+from vr3ai.db.models import TelephonyConfiguration, Workflow
+from vr3ai.telephony.ari.calls import AgentFactory
+from vr3ai.telephony.ari.connection import AriConfig, AriConnection
+
+if TYPE_CHECKING:
+    from vr3ai.services import Services
+
+log = logging.getLogger("vr3ai.telephony.manager")
+
+
+class CallRefused(Exception):
+    """An outbound/test call could not be placed; ``status_code`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status_code: int = 409) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class TelephonyManager:
+    def __init__(self, services: Services, agent_factory: AgentFactory) -> None:
+        self.services = services
+        self.agent_factory = agent_factory
+        self.connections: dict[str, AriConnection] = {}
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self.services.db.session() as s:
+            rows = list(
+                (
+                    await s.execute(select(TelephonyConfiguration).where(TelephonyConfiguration.enabled.is_(True)))
+                ).scalars()
+            )
+        for row in rows:
+            await self._start_row(row)
+
+    async def stop(self) -> None:
+        async with self._lock:
+            conns = list(self.connections.values())
+            self.connections.clear()
+        await asyncio.gather(*(c.stop("VR3 AI is shutting down") for c in conns), return_exceptions=True)
+
+    async def _start_row(self, row: TelephonyConfiguration) -> None:
+        if row.provider != "ari" or not row.enabled:
+            return
+        try:
+            config = AriConfig.from_row(row, self.services)
+        except ValueError as e:
+            log.error("cannot start listener", extra={"config_id": row.id, "error": str(e)})
+            return
+        conn = AriConnection(self.services, config, self.agent_factory)
+        self.connections[row.id] = conn
+        conn.start()
+
+    async def config_changed(self, config_id: str) -> None:
+        async with self._lock:
+            async with self.services.db.session() as s:
+                row = await s.get(TelephonyConfiguration, config_id)
+            current = self.connections.get(config_id)
+            if row is None or not row.enabled:
+                if current is not None:
+                    del self.connections[config_id]
+                    await current.stop("telephony configuration disabled")
+                return
+            new_config = AriConfig.from_row(row, self.services)
+            if current is not None:
+                same = current.config.fingerprint() == new_config.fingerprint()
+                if same and current.stream.state != "replaced":
+                    current.config.name = new_config.name
+                    return
+                del self.connections[config_id]
+                await current.stop("telephony configuration updated")
+            await self._start_row(row)
+
+    async def config_deleted(self, config_id: str) -> None:
+        async with self._lock:
+            current = self.connections.pop(config_id, None)
+        if current is not None:
+            await current.stop("telephony configuration deleted")
+
+    def status(self, config_id: str) -> dict[str, Any]:
+        conn = self.connections.get(config_id)
+        if conn is None:
+            return {"ari": {"state": "stopped", "since": None, "last_error": "no listener for this configuration"}}
+        return conn.status()
+
+    def connection(self, config_id: str) -> AriConnection | None:
+        return self.connections.get(config_id)
+
+    async def place_call(self, *, organization_id: str, workflow_id: str, config_id: str, to: str) -> str:
+        conn = self.connections.get(config_id)
+        if conn is None or conn.config.organization_id != organization_id:
+            raise CallRefused("telephony configuration is not active", 409)
+        if not conn.connected:
+            detail = f": {conn.stream.last_error}" if conn.stream.last_error else ""
+            raise CallRefused(f"the ARI connection of this configuration is {conn.stream.state}{detail}", 409)
+        to = to.strip()
+        if not to or any(c.isspace() for c in to):
+            raise CallRefused("'to' must be an extension, a number or a dial string without spaces", 422)
+        endpoint = to if "/" in to else conn.config.dial_template.replace("{to}", to)
+        from_ext = conn.config.from_extensions[0] if conn.config.from_extensions else ""
+        caller_number = from_ext.split("/")[-1] if from_ext else ""
+        caller_id = f'"VR3 AI" <{caller_number}>' if caller_number else None
+        async with self.services.db.session() as s:
+            workflow = await s.get(Workflow, workflow_id)
+        if workflow is None or workflow.organization_id != organization_id:
+            raise CallRefused("workflow not found", 404)
+        context = {
+            "caller_number": caller_number,
+            "called_number": to,
+            "direction": "outbound",
+            "call_id": None,
+            "provider": "ari",
+        }
+        from vr3ai.db.models import new_id
+
+        run_id = new_id()
+        tag = conn.tag
+        channel_id = f"vr3o-{tag}-{run_id.replace('-', '')[:20]}"
+        context["call_id"] = channel_id
+        try:
+            await self.services.runs.create(
+                run_id=run_id,
+                organization_id=organization_id,
+                workflow_id=workflow_id,
+                telephony_configuration_id=config_id,
+                direction="outbound",
+                context=context,
+                call_id=channel_id,
+            )
+        except QuotaExceeded as e:
+            raise CallRefused(f"quota: {e.reason}", 429) from None
+        conn.start_outbound(run_id, workflow, endpoint, caller_id)
+        return run_id
