@@ -50,6 +50,15 @@ class ResponderState:
     node_id: str
     variables: dict[str, Any] = field(default_factory=dict)
     node_path: list[str] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    """Warnings and errors the responder ran into (an LLM timeout, a template variable with no
+    value), shaped like ``RunReport.events`` (``{"level", "message", "at_ms"}``, ``at_ms`` None).
+    The pipeline moves them into the report; responders only append. Never contains secrets."""
+    ended: bool = False
+    """True once the responder has emitted :class:`Hangup`; later turns are ignored."""
+
+    def event(self, level: Literal["info", "warning", "error"], message: str) -> None:
+        self.events.append({"level": level, "message": message, "at_ms": None})
 
 
 class Responder(Protocol):
