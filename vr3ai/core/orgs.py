@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import null, select
 
 from vr3ai.core.secrets import hash_api_key, hash_password, new_api_key
 from vr3ai.db.models import ApiKey, Organization, User
@@ -19,9 +19,16 @@ async def create_organization(
         raise ValueError("quota values must not be negative")
     key = new_api_key()
     async with db.session() as s, s.begin():
-        org = Organization(name=name, max_concurrent_calls=max_concurrent_calls, minutes_per_month=minutes_per_month)
+        org = Organization(
+            name=name,
+            max_concurrent_calls=max_concurrent_calls,
+            # The column has a default (1000) and the ORM applies it to a plain None, silently turning
+            # "no monthly limit" into 1000 minutes; null() writes NULL.
+            minutes_per_month=minutes_per_month if minutes_per_month is not None else null(),
+        )
         s.add(org)
         await s.flush()
+        await s.refresh(org, ["minutes_per_month"])
         s.add(ApiKey(organization_id=org.id, prefix=key[:8], key_hash=hash_api_key(key)))
     return org, key
 

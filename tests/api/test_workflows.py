@@ -1,0 +1,131 @@
+"""Workflows: CRUD, validation through the workflow engine's checker, and 422 messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.fixtures_platform import Platform, ok, workflow_definition
+
+# The app is served once per backend for the session (see tests/fixtures_platform.py).
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def test_workflow_crud(platform: Platform) -> None:
+    t = await platform.tenant()
+    definition = workflow_definition()
+    created = ok(await t.http.post("/api/v1/workflows", json={"name": "Receptionist", "definition": definition}), 201)
+    assert created["name"] == "Receptionist"
+    assert created["definition"] == definition  # stored as sent, defaults not expanded
+    assert isinstance(created["warnings"], list)
+    assert created["created_at"].endswith("Z") or "+00:00" in created["created_at"]
+    wid = created["id"]
+
+    assert ok(await t.http.get(f"/api/v1/workflows/{wid}")) == created
+    # The leak check run after every test does see response bodies.
+    platform.never_returned.add("Receptionist")
+    assert platform.leaked()
+    platform.never_returned.discard("Receptionist")
+    second = ok(await t.http.post("/api/v1/workflows", json={"name": "Second", "definition": definition}), 201)
+    listed = ok(await t.http.get("/api/v1/workflows"))
+    assert [w["id"] for w in listed["items"]] == [wid, second["id"]]
+
+    renamed = ok(await t.http.patch(f"/api/v1/workflows/{wid}", json={"name": "  Front desk  "}))
+    assert renamed["name"] == "Front desk"
+    assert renamed["definition"] == definition
+
+    changed = {**definition, "variables": {"company": "Acme"}}
+    patched = ok(await t.http.patch(f"/api/v1/workflows/{wid}", json={"definition": changed}))
+    assert patched["definition"]["variables"] == {"company": "Acme"}
+    assert patched["name"] == "Front desk"
+
+    # A definition with an unreachable node is accepted, with a warning naming it.
+    parked = workflow_definition()
+    parked["nodes"].append({"id": "draft", "type": "end", "say": "Not wired up yet."})
+    warned = ok(await t.http.patch(f"/api/v1/workflows/{wid}", json={"definition": parked}))
+    assert any("draft" in w["msg"] for w in warned["warnings"]), warned["warnings"]
+
+    assert (await t.http.delete(f"/api/v1/workflows/{wid}")).status_code == 204
+    gone = await t.http.get(f"/api/v1/workflows/{wid}")
+    assert gone.status_code == 404 and gone.json()["message"] == "workflow not found"
+    assert (await t.http.delete(f"/api/v1/workflows/{wid}")).status_code == 404
+    assert [w["id"] for w in ok(await t.http.get("/api/v1/workflows"))["items"]] == [second["id"]]
+
+
+def _broken_edge() -> dict[str, Any]:
+    d = workflow_definition()
+    d["nodes"].append({"id": "menu", "type": "agent", "say": "Which one?"})
+    d["edges"] = [{"id": "e1", "from": "hello", "to": "menu"}, {"id": "e2", "from": "menu", "to": "nowhere"}]
+    return d
+
+
+async def test_invalid_workflows_get_422_naming_the_field(platform: Platform) -> None:
+    t = await platform.tenant()
+    cases: list[tuple[Any, list[Any], str]] = [
+        # (body, expected loc, expected text in msg)
+        ({"definition": workflow_definition()}, ["body", "name"], "field required"),
+        ({"name": "   ", "definition": workflow_definition()}, ["body", "name"], "must not be empty"),
+        ({"name": "x" * 201, "definition": workflow_definition()}, ["body", "name"], "at most 200"),
+        ({"name": "A"}, ["body", "definition"], "field required"),
+        ({"name": "A", "definition": ["not", "an", "object"]}, ["body", "definition"], "JSON object"),
+        ({"name": "A", "definition": _broken_edge()}, ["body", "definition", "edges", 1, "to"], "nowhere"),
+        ({"name": "A", "definition": {"edges": []}}, ["body", "definition", "nodes"], "start node"),
+        ({"name": "A", "definition": workflow_definition(), "owner": "me"}, ["body", "owner"], "unknown field"),
+    ]
+    for body, loc, text in cases:
+        r = await t.http.post("/api/v1/workflows", json=body)
+        assert r.status_code == 422, (body, r.text)
+        err = r.json()
+        assert any(d["loc"] == loc and text in d["msg"] for d in err["detail"]), (loc, err)
+        assert ".".join(str(p) for p in loc[1:2]) in err["message"], err["message"]
+        assert all("input" not in d for d in err["detail"])
+
+    # The nested location is spelled out in the top-level message as well.
+    r = await t.http.post("/api/v1/workflows", json={"name": "A", "definition": _broken_edge()})
+    assert "definition.edges[1].to" in r.json()["message"]
+
+    # A key pasted into the definition is refused, and its value never comes back.
+    leaky = workflow_definition()
+    key = platform.secret("sk-" + "a1" * 20)
+    leaky["settings"] = {
+        "llm": {"provider": "openai_compatible", "base_url": "http://x/v1", "model": "m", "api_key": key}
+    }
+    r = await t.http.post("/api/v1/workflows", json={"name": "A", "definition": leaky})
+    assert r.status_code == 422
+    assert any(d["loc"][:4] == ["body", "definition", "settings", "llm"] for d in r.json()["detail"]), r.text
+
+    wid = await platform.workflow(t)
+    for body, loc, text in [
+        ({"name": None}, ["body", "name"], "must not be null"),
+        ({"definition": None}, ["body", "definition"], "must not be null"),
+        ({"definition": _broken_edge()}, ["body", "definition", "edges", 1, "to"], "nowhere"),
+        ({"id": "other"}, ["body", "id"], "unknown field"),
+    ]:
+        r = await t.http.patch(f"/api/v1/workflows/{wid}", json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert any(d["loc"] == loc and text in d["msg"] for d in r.json()["detail"]), (loc, r.text)
+    # Nothing was changed by the refused updates.
+    assert ok(await t.http.get(f"/api/v1/workflows/{wid}"))["definition"] == workflow_definition()
+
+    r = await t.http.post("/api/v1/workflows", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+    assert "not valid JSON" in r.json()["message"]
+    r = await t.http.post("/api/v1/workflows")
+    assert r.status_code == 422 and "body" in r.json()["message"]
+
+
+async def test_deleting_a_workflow_unassigns_its_extensions(platform: Platform) -> None:
+    t = await platform.tenant()
+    wid = await platform.workflow(t)
+    cid = await platform.configuration(t)
+    number = ok(
+        await t.http.post(
+            f"/api/v1/telephony-configurations/{cid}/phone-numbers",
+            json={"address": "8000", "inbound_workflow_id": wid},
+        ),
+        201,
+    )
+    assert (await t.http.delete(f"/api/v1/workflows/{wid}")).status_code == 204
+    after = ok(await t.http.get(f"/api/v1/telephony-configurations/{cid}/phone-numbers/{number['id']}"))
+    assert after["inbound_workflow_id"] is None

@@ -1,0 +1,170 @@
+"""Field rules shared by the request schemas. Each raises ``ValueError`` with a message that reads
+well after the field name (``stasis_app_name: has leading or trailing spaces; …``)."""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+PROVIDERS = ("ari",)
+"""Telephony providers this build can drive. Only Asterisk ARI for now."""
+
+_EXTRA_SPACES = (
+    "has leading or trailing spaces; ensure there are no extra spaces in the credentials "
+    "(Asterisk compares them character by character)"
+)
+_IDENT = re.compile(r"[A-Za-z0-9_.-]+")
+# A dialable target / inbound extension: digits, letters and the characters Asterisk extensions use.
+# No '/', '&' or ',' — they would split one dial string into several channels or options.
+_EXTENSION = re.compile(r"[A-Za-z0-9+*#_.-]+")
+_DIAL_TARGET = re.compile(r"[A-Za-z0-9+*#_.@-]+")
+_TECH = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def _no_outer_spaces(value: str) -> None:
+    if value != value.strip():
+        raise ValueError(_EXTRA_SPACES)
+
+
+def _identifier(value: str) -> str:
+    """ARI user names and websocket_client.conf section names."""
+    _no_outer_spaces(value)
+    if not value:
+        raise ValueError("must not be empty")
+    if any(c.isspace() for c in value):
+        raise ValueError("must not contain spaces")
+    if not _IDENT.fullmatch(value):
+        raise ValueError("may only contain letters, digits, '_', '.' and '-'")
+    if len(value) > 200:
+        raise ValueError("must be at most 200 characters")
+    return value
+
+
+def _password(value: str) -> str:
+    _no_outer_spaces(value)
+    if not value:
+        raise ValueError("must not be empty")
+    if any(not c.isprintable() for c in value):
+        raise ValueError("must not contain control characters or line breaks")
+    if len(value) > 500:
+        raise ValueError("must be at most 500 characters")
+    return value
+
+
+def _display_name(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if len(value) > 200:
+        raise ValueError("must be at most 200 characters")
+    return value.strip()
+
+
+def _media_username(value: str) -> str:
+    _no_outer_spaces(value)
+    if not value:
+        raise ValueError("must not be empty (leave it out or set null for no authentication)")
+    if ":" in value or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("must not contain ':', spaces or control characters (HTTP Basic auth)")
+    if len(value) > 200:
+        raise ValueError("must be at most 200 characters")
+    return value
+
+
+def _from_extension(value: str) -> str:
+    _no_outer_spaces(value)
+    tech, slash, resource = value.rpartition("/") if "/" in value else ("", "", value)
+    if not resource or (slash and not _TECH.fullmatch(tech)) or not _DIAL_TARGET.fullmatch(resource):
+        raise ValueError("must be an extension like '6001' or a channel like 'PJSIP/6001'")
+    if len(value) > 100:
+        raise ValueError("must be at most 100 characters")
+    return value
+
+
+def _dial_template(value: str) -> str:
+    _no_outer_spaces(value)
+    if any(c.isspace() for c in value):
+        raise ValueError("must not contain spaces")
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(value) if f is not None]
+    except ValueError as e:
+        raise ValueError(f"is not a valid template ({e}); write it like 'PJSIP/{{to}}'") from e
+    if not any(f == "to" for f, _, _ in fields):
+        raise ValueError("must contain '{to}', where the number to call is inserted, like 'PJSIP/{to}'")
+    if any(f != "to" or spec or conv for f, spec, conv in fields):
+        raise ValueError("may only use the placeholder '{to}'")
+    if len(value) > 200:
+        raise ValueError("must be at most 200 characters")
+    return value
+
+
+def _address(value: str) -> str:
+    _no_outer_spaces(value)
+    if not value:
+        raise ValueError("must not be empty")
+    if not _EXTENSION.fullmatch(value):
+        raise ValueError("must be a SIP extension like '8000': digits, letters and + * # _ . - only")
+    if len(value) > 100:
+        raise ValueError("must be at most 100 characters")
+    return value
+
+
+def _dial_to(value: str) -> str:
+    _no_outer_spaces(value)
+    if not value:
+        raise ValueError("must not be empty")
+    if not _DIAL_TARGET.fullmatch(value):
+        raise ValueError("must be an extension or number like '6001' or '+15551234567'")
+    if len(value) > 100:
+        raise ValueError("must be at most 100 characters")
+    return value
+
+
+def _secret_name(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    if not _IDENT.fullmatch(value):
+        raise ValueError("may only contain letters, digits, '_', '.' and '-'")
+    if len(value) > 200:
+        raise ValueError("must be at most 200 characters")
+    return value
+
+
+def _secret_value(value: str) -> str:
+    if value != value.strip():
+        raise ValueError("has leading or trailing spaces; ensure there are no extra spaces in the secret")
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > 20000:
+        raise ValueError("must be at most 20000 characters")
+    return value
+
+
+def _provider(value: str) -> str:
+    if value not in PROVIDERS:
+        raise ValueError(f"must be one of: {', '.join(PROVIDERS)}")
+    return value
+
+
+Identifier = Annotated[str, AfterValidator(_identifier)]
+Password = Annotated[str, AfterValidator(_password)]
+DisplayName = Annotated[str, AfterValidator(_display_name)]
+MediaUsername = Annotated[str, AfterValidator(_media_username)]
+FromExtension = Annotated[str, AfterValidator(_from_extension)]
+DialTemplate = Annotated[str, AfterValidator(_dial_template)]
+Address = Annotated[str, AfterValidator(_address)]
+DialTo = Annotated[str, AfterValidator(_dial_to)]
+SecretName = Annotated[str, AfterValidator(_secret_name)]
+SecretValue = Annotated[str, AfterValidator(_secret_value)]
+Provider = Annotated[str, AfterValidator(_provider)]
+
+
+def check_unique(values: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for i, v in enumerate(values):
+        if v in seen:
+            raise ValueError(f"item {i} ('{v}') is listed twice")
+        seen.add(v)
+    return values
