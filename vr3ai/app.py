@@ -1,40 +1,91 @@
-"""The FastAPI application: REST API, media WebSocket, dashboard, and the ARI listeners' lifecycle."""
+"""The FastAPI application: REST API, media WebSocket, dashboard, and the ARI listeners' lifecycle.
+
+Start-up order matters: migrations, then runs left unfinished by a previous process are closed
+(their media sockets died with it, so they cannot continue; their Asterisk leftovers are removed
+by each listener's reconcile pass once it connects), then the voice runtime loads its models once
+for the whole process, then the listeners start taking calls.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
-from vr3ai.api import api_router, install_error_handlers
+from vr3ai.api import api_router
+from vr3ai.core.runs import RunOutcome
 from vr3ai.db.migrate import upgrade
+from vr3ai.media.server import MediaRegistry, media_router
 from vr3ai.services import Services
 from vr3ai.settings import Settings
+from vr3ai.telephony.ari.calls import AgentFactory
 
 log = logging.getLogger("vr3ai.app")
 
 
-def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
+async def close_orphan_runs(svc: Services) -> int:
+    closed = 0
+    for run in await svc.runs.unfinished():
+        done = await svc.runs.finish(
+            run.id,
+            RunOutcome(
+                status="failed",
+                end_reason="call lost: VR3 AI stopped while the call was up",
+                events=[{"level": "error", "message": "closed at start-up of a new VR3 AI process", "at_ms": None}],
+            ),
+        )
+        closed += int(done)
+    async with svc.db.session() as s, s.begin():
+        await svc.quota.resync(s)
+    if closed:
+        log.warning("closed runs left unfinished by the previous process", extra={"runs": closed})
+    return closed
+
+
+def create_app(
+    settings: Settings | None = None,
+    services: Services | None = None,
+    agent_factory: AgentFactory | None = None,
+) -> FastAPI:
     settings = settings or Settings.from_env()
     svc = services or Services.build(settings)
+    svc.media = svc.media or MediaRegistry()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await upgrade(svc.db)
-        await svc.quota_resync() if hasattr(svc, "quota_resync") else None
-        if svc.telephony is not None:
+        await close_orphan_runs(svc)
+        factory = agent_factory
+        voice: Any = None
+        if factory is None and settings.voice:
+            from vr3ai.agent.factory import VoiceRuntime
+
+            voice = VoiceRuntime(data_dir=settings.data_dir)
+            await voice.start()
+            svc.voice = voice
+            factory = voice.build_agent
+        if settings.start_telephony:
+            from vr3ai.telephony.manager import TelephonyManager
+
+            if factory is None:
+                from vr3ai.agent.factory import build_agent as factory  # type: ignore[assignment]
+            svc.telephony = TelephonyManager(svc, factory)
             await svc.telephony.start()
         try:
             yield
         finally:
             if svc.telephony is not None:
                 await svc.telephony.stop()
+                svc.telephony = None
+            if voice is not None:
+                await voice.stop()
             await svc.db.dispose()
 
     app = FastAPI(title="VR3 AI", version="0.1.0", lifespan=lifespan, docs_url="/docs", openapi_url="/openapi.json")
     app.state.services = svc
-    install_error_handlers(app)
     app.include_router(api_router)
+    app.include_router(media_router(svc.media))
     return app

@@ -17,13 +17,13 @@ log = logging.getLogger("vr3ai.server")
 
 
 def _uvicorn_config(app: object, host: str, port: int, **kw: object) -> uvicorn.Config:
-    # ws="websockets": its 101 reply ("Connection: Upgrade", no extensions unless offered) passes
+    # websockets-sansio: its 101 reply ("Connection: Upgrade", no extensions unless offered) passes
     # Asterisk's strict handshake check; access logs off because URLs may carry credentials.
     return uvicorn.Config(
         app,
         host=host,
         port=port,
-        ws="websockets",
+        ws="websockets-sansio",
         log_config=None,
         access_log=False,
         **kw,  # type: ignore[arg-type]

@@ -47,6 +47,8 @@ class Settings:
     """Start ARI listeners for stored configurations (tests of the API alone switch this off)."""
     voice: bool = True
     """Load the offline voice stack at start-up (off for API-only tests)."""
+    ring_timeout_s: int = 30
+    """How long an outbound call rings before it ends as ``no_answer``."""
     log_json: bool = True
     cookie_secure: bool = False
 
@@ -64,6 +66,7 @@ class Settings:
         s.start_telephony = _env_bool("VR3AI_START_TELEPHONY", True)
         s.voice = _env_bool("VR3AI_VOICE", True)
         s.log_json = _env_bool("VR3AI_LOG_JSON", True)
+        s.ring_timeout_s = int(os.environ.get("VR3AI_RING_TIMEOUT_S", s.ring_timeout_s))
         s.cookie_secure = _env_bool("VR3AI_COOKIE_SECURE", False)
         return s
 

@@ -48,8 +48,14 @@ async def test_asterisk_boots_and_ari_answers(lab: AsteriskLab) -> None:
     assert lab.ari_ready_s is not None and lab.ari_ready_s >= lab.boot_s
     info = (await lab.ari("GET", "/asterisk/info")).json()
     assert info["system"]["version"].startswith("22.")
-    for module in ("chan_websocket.so", "res_websocket_client.so", "res_ari.so", "res_pjsip.so",
-                   "app_mixmonitor.so", "res_timing_timerfd.so"):
+    for module in (
+        "chan_websocket.so",
+        "res_websocket_client.so",
+        "res_ari.so",
+        "res_pjsip.so",
+        "app_mixmonitor.so",
+        "res_timing_timerfd.so",
+    ):
         assert lab.module_status(module) == "Running", module
 
 
@@ -133,8 +139,14 @@ async def test_stasis_app_override_and_dtmf(lab: AsteriskLab) -> None:
     variables are copied to the ;2 half), so the call lands in another app; DTMF from the
     caller context arrives there."""
     async with lab.event_probe() as probe:
-        h = await lab.call("8000", stasis_app=probe.app, hold_s=5.0, dtmf="12#", dtmf_after_s=0.3,
-                           caller_id='"Alice Caller" <15551230001>')
+        h = await lab.call(
+            "8000",
+            stasis_app=probe.app,
+            hold_s=5.0,
+            dtmf="12#",
+            dtmf_after_s=0.3,
+            caller_id='"Alice Caller" <15551230001>',
+        )
         start = (await probe.wait_for("StasisStart", h.callee_channel_id))[0]
         ch = start["channel"]
         assert ch["name"].startswith("Local/8000@from-external-") and ch["name"].endswith(";2")
@@ -213,7 +225,7 @@ async def test_ws_caller_hears_itself_through_echo(lab: AsteriskLab) -> None:
         sent = audio.lin2ulaw(np.concatenate([pcm, np.zeros((-len(pcm)) % 160, np.int16)]))
         assert sent in caller.heard_bytes()
         k = int(np.argmax(audio.frame_dbfs(pcm) > -45))  # first frame with speech
-        frame = sent[k * 160:(k + 1) * 160]
+        frame = sent[k * 160 : (k + 1) * 160]
         arrival = next(t for t, f in caller.frames if f == frame)
         rtt_ms = (arrival - played.sent_times[k]) * 1000
         assert 0 <= rtt_ms < 200, rtt_ms  # idle machine: 1-25 ms (chan_websocket's 20 ms timer phase)
@@ -259,23 +271,40 @@ async def test_websocket_client_sections_follow_configured_ports(lab: AsteriskLa
 
     async def handler(ws: ServerConnection) -> None:
         assert ws.request is not None
-        seen.append({"path": ws.request.path, "subprotocol": ws.subprotocol,
-                     "auth": ws.request.headers.get("Authorization"), "first": await ws.recv()})
+        seen.append(
+            {
+                "path": ws.request.path,
+                "subprotocol": ws.subprotocol,
+                "auth": ws.request.headers.get("Authorization"),
+                "first": await ws.recv(),
+            }
+        )
         await ws.wait_closed()
 
     sslctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     sslctx.load_cert_chain(lab.server_cert_path, lab.server_key_path)
     common: dict[str, Any] = {"subprotocols": ["media"], "ping_interval": None, "max_size": None}
-    async with serve(handler, "127.0.0.1", 0, **common) as plain, \
-            serve(handler, "127.0.0.1", 0, ssl=sslctx, **common) as tls, lab.event_probe() as probe:
+    async with (
+        serve(handler, "127.0.0.1", 0, **common) as plain,
+        serve(handler, "127.0.0.1", 0, ssl=sslctx, **common) as tls,
+        lab.event_probe() as probe,
+    ):
         plain_port = plain.sockets[0].getsockname()[1]
         tls_port = tls.sockets[0].getsockname()[1]
         await asyncio.to_thread(lab.set_websocket_clients, media_port=plain_port, tls_media_port=tls_port)
         assert f"ws://127.0.0.1:{plain_port}{MEDIA_PATH}" == lab.media_url
 
         def params(chan: str, host: str) -> dict[str, str]:
-            return {"app": probe.app, "channelId": chan, "external_host": host, "transport": "websocket",
-                    "encapsulation": "none", "format": "ulaw", "connection_type": "client", "direction": "both"}
+            return {
+                "app": probe.app,
+                "channelId": chan,
+                "external_host": host,
+                "transport": "websocket",
+                "encapsulation": "none",
+                "format": "ulaw",
+                "connection_type": "client",
+                "direction": "both",
+            }
 
         for n, host in enumerate(("vr3ai", "vr3ai_auth", "vr3ai_tls")):
             chan = f"hmedia-{host}-{time.monotonic_ns()}"
@@ -315,11 +344,21 @@ async def test_websocket_client_sections_follow_configured_ports(lab: AsteriskLa
 
 async def test_outbound_sim_callees(lab: AsteriskLab) -> None:
     async with lab.event_probe() as probe:
+
         async def originate(ext: str, answer_timeout_s: int = 10) -> str:
             cid = f"hout-{ext}-{time.monotonic_ns()}"
-            await lab.ari("POST", "/channels", params={
-                "endpoint": f"Local/{ext}@outbound-sim", "app": probe.app, "appArgs": "outbound",
-                "timeout": str(answer_timeout_s), "channelId": cid, "callerId": '"VR3AI Bot" <15559870000>'})
+            await lab.ari(
+                "POST",
+                "/channels",
+                params={
+                    "endpoint": f"Local/{ext}@outbound-sim",
+                    "app": probe.app,
+                    "appArgs": "outbound",
+                    "timeout": str(answer_timeout_s),
+                    "channelId": cid,
+                    "callerId": '"VR3AI Bot" <15559870000>',
+                },
+            )
             return cid
 
         def dialstatus(cid: str) -> list[str]:
@@ -358,8 +397,11 @@ async def test_outbound_sim_callees(lab: AsteriskLab) -> None:
         # [callee-silent]: answers, sends nothing for EXTEN seconds, hangs up by itself
         cid = f"hout-silent-{time.monotonic_ns()}"
         t0 = time.monotonic()
-        await lab.ari("POST", "/channels", params={"endpoint": "Local/1@callee-silent", "app": probe.app,
-                                                   "timeout": "5", "channelId": cid})
+        await lab.ari(
+            "POST",
+            "/channels",
+            params={"endpoint": "Local/1@callee-silent", "app": probe.app, "timeout": "5", "channelId": cid},
+        )
         await probe.wait_for("StasisStart", cid)
         await probe.wait_for("ChannelDestroyed", cid, timeout_s=4)
         assert 0.9 < time.monotonic() - t0 < 2.0
@@ -378,8 +420,11 @@ async def test_set_callee_wav_and_hold(lab: AsteriskLab, tmp_path: Any) -> None:
     async with lab.event_probe() as probe:
         cid = f"hout-6002-{time.monotonic_ns()}"
         t0 = time.monotonic()
-        await lab.ari("POST", "/channels", params={"endpoint": "Local/6002@outbound-sim", "app": probe.app,
-                                                   "timeout": "5", "channelId": cid})
+        await lab.ari(
+            "POST",
+            "/channels",
+            params={"endpoint": "Local/6002@outbound-sim", "app": probe.app, "timeout": "5", "channelId": cid},
+        )
         await probe.wait_for("StasisStart", cid)
         await probe.wait_for("ChannelDestroyed", cid, timeout_s=5)
         assert 2.0 < time.monotonic() - t0 < 3.0  # the callee hung up after its hold time
@@ -387,7 +432,7 @@ async def test_set_callee_wav_and_hold(lab: AsteriskLab, tmp_path: Any) -> None:
     segs = audio.segments(said)
     assert len(segs) == 1 and abs(segs[0].duration_s - 0.8) < 0.1
     start = int(segs[0].start_s * audio.RATE)
-    assert audio.dominant_freq(said[start:start + 4000]) == pytest.approx(440, abs=10)
+    assert audio.dominant_freq(said[start : start + 4000]) == pytest.approx(440, abs=10)
     lab.set_callee("6002")
 
 

@@ -34,7 +34,11 @@ class MarkHeard:
 
 @dataclass(frozen=True, slots=True)
 class CallEnded:
-    """The call is over (caller hung up, media dropped, ...). No more frames or events follow."""
+    """The call is over (caller hung up, media dropped, ...). No more frames or events follow.
+
+    ``reason`` from the media session: ``remote:<close code>`` (Asterisk closed the socket, e.g.
+    ``remote:1000`` after an ARI DELETE), ``hangup:<agent reason>``, ``local:<reason>`` (closed by
+    the call owner) or ``error:<exception>``."""
 
     reason: str
     at_ms: int
@@ -65,20 +69,29 @@ class CallAudio(Protocol):
         """Queue agent audio (PCM16 at ``sample_rate``; any length). Never blocks.
 
         The session paces it to Asterisk in real time with a small bounded lead, sending silence
-        whenever nothing is queued. With ``mark``, a :class:`MarkHeard` event follows once the caller
-        has heard everything queued up to and including this audio."""
+        whenever nothing is queued. Consecutive calls form one continuous stream (chunks of a
+        streaming TTS are not padded between each other).
+
+        ``mark`` ends an *utterance*: all audio queued since the previous mark (or the last
+        :meth:`flush`) up to and including this ``pcm`` (which may be empty). A :class:`MarkHeard`
+        event follows once the caller has heard all of it, and ``heard_ms_of(mark)`` tells how much of
+        it was heard so far (sessions that implement :class:`HeardPosition`). Use a fresh name per
+        utterance; reusing a name forgets the older one."""
         ...
 
     def flush(self) -> int:
         """Barge-in: drop all agent audio the caller has not heard yet (ours and Asterisk's queue).
 
-        Returns the milliseconds of the current queue that were dropped. Marks of dropped audio never
-        fire."""
+        Returns the milliseconds of *agent* audio that were dropped (silence or padding the session
+        inserted is not counted), so what the caller heard of everything played so far is
+        ``total ms played - sum of flush() results``; that is how the agent cuts its transcript on
+        barge-in. Marks of dropped audio never fire. Per utterance, see
+        :meth:`HeardPosition.heard_ms_of`."""
         ...
 
     def queued_ms(self) -> int:
         """Agent audio queued but not yet heard by the caller, in milliseconds (an estimate within
-        one frame)."""
+        one frame). Silence the session inserts is not counted."""
         ...
 
     def clock_ms(self) -> int:
@@ -86,5 +99,20 @@ class CallAudio(Protocol):
         ...
 
     async def hangup(self, reason: str) -> None:
-        """The agent ends the call. Returns once teardown has been requested."""
+        """The agent ends the call. Returns once teardown has been requested; ``events()`` then
+        yields ``CallEnded(reason="hangup:<reason>")``."""
+        ...
+
+
+@runtime_checkable
+class HeardPosition(Protocol):
+    """Optional extra of a :class:`CallAudio` (``MediaSession`` has it; simple fakes may not):
+    how much of each marked utterance the caller actually heard."""
+
+    def heard_ms_of(self, mark: str) -> int | None:
+        """Milliseconds of the utterance closed by ``play(..., mark=mark)`` the caller has heard.
+
+        Grows while it plays (an estimate within one 20 ms frame), equals the utterance length once
+        :class:`MarkHeard` fired, and stays at what had played when a ``flush()`` cut it. ``None``
+        for a mark the session does not know (or forgot: only the last 256 marks are kept)."""
         ...

@@ -105,6 +105,7 @@ class Call:
         self.media_in_stasis = asyncio.Event()
         self.media_gone: asyncio.Future[ChannelGone] = asyncio.get_running_loop().create_future()
         self.dial_status = ""
+        self.asterisk_shutdown = False
         self.end_requested: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
         self.task: asyncio.Task[None] | None = None
         self.organization_id = conn.config.organization_id
@@ -119,6 +120,10 @@ class Call:
             if peer == self.channel_id and event.get("dialstatus"):
                 self.dial_status = event["dialstatus"]
             return
+        if etype == "ChannelHangupRequest" and event.get("soft") and isinstance(event.get("cause"), int):
+            # Soft requests carry AST_SOFTHANGUP_* flag bits; 0x4 is SHUTDOWN (core stop/restart).
+            if event["cause"] & 0x4:
+                self.asterisk_shutdown = True
         if cid == self.media_id:
             if etype == "StasisStart":
                 self._mark("media_stasis_start")
@@ -257,6 +262,7 @@ class Call:
         conn = self.conn
         outcome: RunOutcome | None = None
         self.run_created = True
+        ring_timeout = conn.services.settings.ring_timeout_s
         try:
             try:
                 await conn.client.originate(
@@ -265,14 +271,16 @@ class Call:
                     app_args=f"{OUTBOUND_MARK},{self.run_id}",
                     channel_id=self.channel_id,
                     caller_id=caller_id,
-                    timeout_s=30,
+                    timeout_s=ring_timeout,
                 )
             except AriError as e:
                 raise CallFailed(f"originate to '{endpoint}' failed: {e.message} (HTTP {e.status})") from None
             self._mark("originated")
             answered = asyncio.ensure_future(self.answered_by_remote.wait())
             await asyncio.wait(
-                {answered, self.caller_gone, self.end_requested}, timeout=45, return_when=asyncio.FIRST_COMPLETED
+                {answered, self.caller_gone, self.end_requested},
+                timeout=ring_timeout + 15,
+                return_when=asyncio.FIRST_COMPLETED,
             )
             answered.cancel()
             if self.end_requested.done():
@@ -283,7 +291,7 @@ class Call:
                 status, reason = self._unanswered_outcome(gone)
                 raise CallFailed(reason, status=status)
             if not self.answered_by_remote.is_set():
-                raise CallFailed("no answer within 45 s", status="no_answer")
+                raise CallFailed(f"no answer within {ring_timeout} s", status="no_answer")
             self._mark("remote_answered")
             await conn.services.runs.set_call_id(self.run_id, self.channel_id)
             outcome = await self._converse(workflow)
@@ -314,7 +322,9 @@ class Call:
     async def _converse(self, workflow: Workflow) -> RunOutcome:
         conn = self.conn
         cfg = conn.config
-        media_future = conn.services.media.expect(self.media_id, basic_auth=cfg.media_auth())
+        media_future = conn.services.media.expect(
+            self.media_id, basic_auth=cfg.media_auth(), recording_path=conn.recording_path(self.run_id)
+        )
         try:
             await conn.client.create_bridge(self.bridge_id, name=f"vr3ai-{self.run_id[:8]}")
             self._mark("bridge_created")
@@ -405,36 +415,36 @@ class Call:
         waiters.add(self.end_requested)
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         status, reason = "completed", "call ended"
-        if self.caller_gone.done():
+        info = media_closed.result() if media_closed.done() and not media_closed.cancelled() else None
+        agent_hung_up = info is not None and info.initiator == "local" and info.reason.startswith("hangup:")
+        agent_exc = agent_task.exception() if agent_task.done() and not agent_task.cancelled() else None
+        if self.asterisk_shutdown:
+            status, reason = "failed", "Asterisk shut down or restarted while the call was up"
+        elif self.caller_gone.done():
             gone = self.caller_gone.result()
             reason = "caller hung up" if gone.cause in (None, 16, 0) else f"caller hung up (cause {gone.cause})"
         elif self.end_requested.done():
             reason, status = self.end_requested.result()
-        elif agent_task.done():
-            exc = agent_task.exception() if not agent_task.cancelled() else None
-            if exc is not None:
-                log.error("agent failed", exc_info=exc, extra=self._log_extra())
-                status, reason = "failed", f"agent error: {type(exc).__name__}: {exc}"
-            else:
-                reason = self.report.end_reason or "agent ended the call"
+        elif agent_exc is not None:
+            log.error("agent failed", exc_info=agent_exc, extra=self._log_extra())
+            status, reason = "failed", f"agent error: {type(agent_exc).__name__}: {agent_exc}"
+        elif agent_hung_up or (agent_task.done() and info is None and not self.media_gone.done()):
+            reason = self.report.end_reason or "agent ended the call"
         elif self.media_gone.done():
             gone = self.media_gone.result()
             status, reason = "failed", f"media channel ended unexpectedly (cause {gone.cause} {gone.cause_txt})"
-        elif media_closed.done():
-            status, reason = "failed", f"media connection dropped: {_future_text(media_closed)}"
+        elif info is not None:
+            code = f", close code {info.code}" if info.code else ""
+            status, reason = "failed", f"media connection dropped ({info.reason}{code})"
         if not agent_task.done():
-            # Let the agent see CallEnded and flush its transcript; then stop it.
-            self.session_end(reason)
+            # Closing the media session ends the agent's frames (CallEnded); give it a moment to
+            # flush its transcript, then stop it.
+            await self.session.close(1000, reason)
             try:
                 await asyncio.wait_for(asyncio.shield(agent_task), timeout=2.0)
             except (TimeoutError, Exception):
                 agent_task.cancel()
         return RunOutcome(status=status, end_reason=reason)
-
-    def session_end(self, reason: str) -> None:
-        end = getattr(self.session, "end", None)
-        if callable(end):
-            end(reason)
 
     async def _run_context(self) -> dict[str, Any]:
         run = await self.conn.services.runs.get(self.run_id)
@@ -462,16 +472,13 @@ class Call:
         client = conn.client
         recording_path: str | None = None
         try:
-            if self.session is not None:
-                self.session_end(outcome.end_reason if outcome else "call ended")
-                recording_path = await _maybe_await(
-                    getattr(self.session, "save_recording", None), conn.recording_path(self.run_id)
-                )
-            for cid, reason in ((self.media_id, "normal"), (self.channel_id, hangup_reason)):
-                if not cid:
-                    continue
-                gone = self.media_gone if cid == self.media_id else self.caller_gone
-                if gone.done():
+            # Deleting the media channel makes Asterisk close the socket, which ends the session
+            # (and with it the agent's frames) and writes the recording.
+            for cid, reason, gone in (
+                (self.media_id, "normal", self.media_gone),
+                (self.channel_id, hangup_reason, self.caller_gone),
+            ):
+                if not cid or gone.done():
                     continue
                 try:
                     await client.hangup(cid, reason)
@@ -483,9 +490,12 @@ class Call:
             except AriError:
                 pass
             if self.session is not None:
-                close = getattr(self.session, "close", None)
-                if callable(close):
-                    await _maybe_await(close)
+                await self.session.close(1000, "call ended")
+                try:
+                    path = await asyncio.wait_for(asyncio.shield(self.session.recording), timeout=5)
+                    recording_path = str(path) if path else None
+                except TimeoutError:
+                    log.warning("recording not written in time", extra=self._log_extra())
         except Exception:
             log.exception("teardown step failed", extra=self._log_extra())
         finally:
@@ -530,15 +540,6 @@ def _future_text(fut: asyncio.Future[Any]) -> str:
     if exc is not None:
         return str(exc)
     return str(fut.result())
-
-
-async def _maybe_await(fn: Any, *args: Any) -> Any:
-    if fn is None:
-        return None
-    result = fn(*args)
-    if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-        return await result
-    return result
 
 
 def _secret_names(settings: Any) -> list[str]:

@@ -5,9 +5,9 @@
   ARI not loaded, chan_websocket / res_websocket_client missing.
 * Liveness: WebSocket pings every 8 s with an 8 s timeout, so a dead link is noticed within ~16 s
   even when no events flow (Asterisk answers pings itself).
-* Reconnect with capped exponential backoff and full jitter (0.25 s doubling to 10 s), reset after
-  a connection that stayed up for 30 s: Asterisk restarts take ~0.5 s, so the next call after a
-  restart is usually handled within a second or two.
+* Reconnect with capped exponential backoff and jitter (0.25 s growing ×1.6 to 5 s), reset after
+  a connection that stayed up for 30 s: an Asterisk restart takes 0.5–1.5 s, and a steeper curve
+  would leave us sleeping for seconds after Asterisk is back.
 * ``ApplicationReplaced`` means another client subscribed our Stasis app and now receives our
   calls. We surface state ``replaced`` and log an error; we do NOT grab the app back automatically,
   because two platforms stealing one app from each other lose calls on both sides. A configuration
@@ -39,7 +39,8 @@ ConnectedHandler = Callable[[], Awaitable[None]]
 PING_INTERVAL_S = 8.0
 PING_TIMEOUT_S = 8.0
 BACKOFF_START_S = 0.25
-BACKOFF_CAP_S = 10.0
+BACKOFF_CAP_S = 5.0
+BACKOFF_FACTOR = 1.6
 STABLE_AFTER_S = 30.0
 REQUIRED_MODULES = ("chan_websocket.so", "res_websocket_client.so")
 
@@ -183,7 +184,7 @@ class AriEventStream:
                 if time.monotonic() - up_at > STABLE_AFTER_S:
                     backoff = BACKOFF_START_S
             delay = random.uniform(backoff / 2, backoff)
-            backoff = min(backoff * 2, BACKOFF_CAP_S)
+            backoff = min(backoff * BACKOFF_FACTOR, BACKOFF_CAP_S)
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=delay)
             except TimeoutError:

@@ -1,0 +1,166 @@
+"""Run the whole platform (uvicorn + ARI listeners) in the test's event loop, on a chosen port.
+
+The real-Asterisk tests point Asterisk's websocket_client sections at ``port``, so the platform
+must listen exactly there. Telephony is on; the agent is whatever the test injects (or the real
+offline voice agent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from vr3ai.app import create_app
+from vr3ai.core.orgs import create_organization
+from vr3ai.services import Services
+from vr3ai.settings import Settings
+from vr3ai.telephony.ari.calls import AgentFactory
+
+
+@dataclass
+class RunningPlatform:
+    base_url: str
+    services: Services
+    api_key: str
+    organization_id: str
+    http: httpx.AsyncClient
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        r = await self.http.post(path, json=body)
+        assert r.status_code in (200, 201, 202), (path, r.status_code, r.text)
+        return r.json()
+
+    async def get(self, path: str) -> dict[str, Any]:
+        r = await self.http.get(path)
+        assert r.status_code == 200, (path, r.status_code, r.text)
+        return r.json()
+
+    async def wait_state(self, config_id: str, state: str = "connected", timeout_s: float = 15.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status = await self.get(f"/api/v1/telephony-configurations/{config_id}/status")
+            if status["ari"]["state"] == state:
+                return status
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"configuration never reached {state}: {status}")
+
+    async def wait_run(self, predicate: Any = None, timeout_s: float = 20.0, **filters: str) -> dict[str, Any]:
+        """The newest run matching ``filters`` that is final (or satisfies ``predicate``)."""
+        deadline = time.monotonic() + timeout_s
+        last: Any = None
+        query = "&".join(f"{k}={v}" for k, v in filters.items())
+        while time.monotonic() < deadline:
+            items = (await self.get(f"/api/v1/workflow-runs?{query}"))["items"]
+            if items:
+                last = await self.get(f"/api/v1/workflow-runs/{items[0]['id']}")
+                ok = predicate(last) if predicate else last["status"] in ("completed", "failed", "busy", "no_answer")
+                if ok:
+                    return last
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no matching run in {timeout_s}s; last: {last}")
+
+    async def setup_inbound(
+        self,
+        *,
+        definition: dict[str, Any],
+        extension: str = "8000",
+        lab: Any,
+        stasis_app: str = "vr3ai",
+        password: str = "vr3ai-secret",
+        ws_client: str = "vr3ai",
+        wait: bool = True,
+        **config_extra: Any,
+    ) -> tuple[str, str]:
+        wf = await self.post("/api/v1/workflows", {"name": "test workflow", "definition": definition})
+        cfg = await self.post(
+            "/api/v1/telephony-configurations",
+            {
+                "name": "lab",
+                "provider": "ari",
+                "ari_endpoint_url": lab.ari_url.removesuffix("/ari"),
+                "stasis_app_name": stasis_app,
+                "app_password": password,
+                "websocket_client_name": ws_client,
+                "from_extensions": ["6001"],
+                **config_extra,
+            },
+        )
+        await self.post(
+            f"/api/v1/telephony-configurations/{cfg['id']}/phone-numbers",
+            {"address": extension, "inbound_workflow_id": wf["id"]},
+        )
+        if wait:
+            await self.wait_state(cfg["id"])
+        return wf["id"], cfg["id"]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@asynccontextmanager
+async def running_platform(
+    data_dir: Path,
+    *,
+    port: int,
+    agent_factory: AgentFactory | None = None,
+    voice: bool = False,
+    database_url: str = "",
+    max_concurrent_calls: int = 10,
+    **settings_kw: Any,
+) -> AsyncIterator[RunningPlatform]:
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        host="127.0.0.1",
+        port=port,
+        start_telephony=True,
+        voice=voice,
+        log_json=False,
+        **settings_kw,
+    )
+    app = create_app(settings, agent_factory=agent_factory)
+    services: Services = app.state.services
+    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets it knows are TCP, and a
+    # 40 ms Nagle delay would distort every latency figure.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    config = uvicorn.Config(app, ws="websockets-sansio", log_config=None, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        for _ in range(300):
+            if server.started:
+                break
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.02)
+        org, key = await create_organization(services.db, "Test org", max_concurrent_calls=max_concurrent_calls)
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=20) as http:
+            yield RunningPlatform(base, services, key, org.id, http)
+    finally:
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(task, timeout=15)
+        except TimeoutError:
+            task.cancel()
+        sock.close()

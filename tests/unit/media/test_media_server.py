@@ -1,0 +1,412 @@
+"""The media endpoint on a real uvicorn server, with a ``websockets`` client playing Asterisk."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import importlib.util
+import logging
+import time
+import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
+
+from vr3ai.media.codec import pcm16_to_ulaw, ulaw_to_pcm16
+from vr3ai.media.interface import CallEnded, Dtmf, MarkHeard
+from vr3ai.media.protocol import ControlFormat, DtmfEnd, MediaStart, format_event
+from vr3ai.media.server import (
+    MEDIA_WS_PATH,
+    MediaRegistry,
+    StarletteTransport,
+    basic_auth_matches,
+    media_router,
+)
+from vr3ai.media.session import MediaConfig, MediaFormatError, MediaSession
+
+USER, PASSWORD = "vr3ai-media", "media-secret"
+AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+
+WS_IMPLS = ["websockets-sansio"] + (["wsproto"] if importlib.util.find_spec("wsproto") else [])
+try:  # uvicorn's legacy websockets protocol (deprecated), if this websockets version still has it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import uvicorn.protocols.websockets.websockets_impl
+
+    WS_IMPLS.append("websockets")
+except Exception:  # pragma: no cover - depends on installed versions
+    pass
+
+
+@asynccontextmanager
+async def serve(registry: MediaRegistry, ws: str = "auto") -> AsyncIterator[str]:
+    app = FastAPI()
+    app.include_router(media_router(registry))
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning", ws=ws)
+    server = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve())
+    for _ in range(500):
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    assert server.started
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"ws://127.0.0.1:{port}{MEDIA_WS_PATH}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+def media_start_text(channel_id: str, fmt: ControlFormat = ControlFormat.PLAIN, codec: str = "ulaw") -> str:
+    size = {"ulaw": 160, "opus": 0, "slin16": 640}[codec]
+    return format_event(MediaStart("vr3ai", "WebSocket/vr3ai/0x7f00", channel_id, codec, size, 20), fmt)
+
+
+@asynccontextmanager
+async def asterisk(url: str, auth: str | None = AUTH, query: str = "") -> AsyncIterator[ClientConnection]:
+    """Connect like chan_websocket: subprotocol media, optional Basic auth, no compression offer."""
+    headers = {"Authorization": auth} if auth else {}
+    async with connect(
+        url + query,
+        subprotocols=[Subprotocol("media")],
+        additional_headers=headers,
+        compression=None,
+        max_size=None,
+    ) as ws:
+        yield ws
+
+
+async def closed_code(ws: ClientConnection, within: float = 5.0) -> int | None:
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                await ws.recv()
+    except ConnectionClosed as exc:
+        return exc.rcvd.code if exc.rcvd else None
+    return None  # pragma: no cover
+
+
+async def recv_until(ws: ClientConnection, predicate: Any, within: float = 3.0) -> list[str | bytes]:
+    got: list[str | bytes] = []
+    async with asyncio.timeout(within):
+        while True:
+            msg = await ws.recv()
+            got.append(msg)
+            if predicate(msg):
+                return got
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("ws_impl", WS_IMPLS)
+async def test_handshake_reply_satisfies_asterisk(ws_impl: str) -> None:
+    """Replays the exact upgrade request of Asterisk 22.10 and applies its response checks."""
+    registry = MediaRegistry()
+    async with serve(registry, ws_impl) as url:
+        port = int(url.split(":")[2].split("/")[0])
+        key = base64.b64encode(b"0123456789abcdef").decode()
+        request = (
+            f"GET {MEDIA_WS_PATH}?call_ref=inbound-test&lang=en HTTP/1.1\r\n"
+            "Sec-WebSocket-Version: 13\r\n"
+            "Upgrade: websocket\r\n"
+            "Connection: Upgrade\r\n"
+            f"Host: 127.0.0.1:{port}\r\n"
+            f"Authorization: {AUTH}\r\n"
+            "Sec-WebSocket-Protocol: media\r\n"
+            f"Sec-WebSocket-Key: {key}\r\n"
+            "\r\n"
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request.encode())
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.close()
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 101")
+    headers: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers.setdefault(name.strip().lower(), []).append(value.strip())
+    assert [v.lower() for v in headers["upgrade"]] == ["websocket"]
+    assert [v.lower() for v in headers["connection"]] == ["upgrade"]  # whole-value compare in Asterisk
+    accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+    assert headers["sec-websocket-accept"] == [accept.decode()]
+    assert headers["sec-websocket-protocol"] == ["media"]
+    assert "sec-websocket-extensions" not in headers
+
+
+async def test_full_call_through_real_server() -> None:
+    registry = MediaRegistry(MediaConfig(status_interval_s=0))
+    async with serve(registry) as url:
+        fut = registry.expect("chan-1", (USER, PASSWORD))
+        async with asterisk(url, query="?call_ref=x") as ws:
+            assert ws.subprotocol == "media"
+            await ws.send(media_start_text("chan-1"))
+            session = await asyncio.wait_for(fut, 2)
+            assert isinstance(session, MediaSession) and session.channel_id == "chan-1"
+            assert registry.active == {"chan-1": session}
+            assert registry.pending == []
+
+            # Silence flows at real-time pace straight away: the 60 ms lead in one message, then
+            # one frame per 20 ms tick.
+            t0 = time.monotonic()
+            first = [await ws.recv() for _ in range(11)]
+            elapsed = time.monotonic() - t0
+            assert first[0] == b"\xff" * 480
+            assert all(m == b"\xff" * 160 for m in first[1:])
+            assert 0.15 <= elapsed <= 1.0  # 10 ticks; generous for a loaded CI box
+
+            # Agent speech, then the mark right after its last frame.
+            pcm = (np.sin(np.arange(1600) * 0.2) * 9000).astype("<i2").tobytes()
+            session.play(pcm, mark="greeting")
+            got = await recv_until(ws, lambda m: isinstance(m, str) and m.startswith("MARK_MEDIA"))
+            texts = [m for m in got if isinstance(m, str)]
+            frames = [m[i : i + 160] for m in got if isinstance(m, bytes) for i in range(0, len(m), 160)]
+            audio = b"".join(f for f in frames if f != b"\xff" * 160)
+            assert texts == ["FLUSH_MEDIA", "MARK_MEDIA m1"]  # fast start, then the mark
+            assert audio == pcm16_to_ulaw(pcm)
+            events = session.events()
+            await ws.send("MEDIA_MARK_PROCESSED m1")
+            ev = await asyncio.wait_for(anext(events), 2)
+            assert isinstance(ev, MarkHeard) and ev.name == "greeting"
+
+            # Caller audio and DTMF reach the agent.
+            caller_frames = session.frames()
+            caller = bytes(range(160))
+            await ws.send(caller)
+            assert await asyncio.wait_for(anext(caller_frames), 2) == ulaw_to_pcm16(caller)
+            await ws.send(format_event(DtmfEnd("7", "chan-1")))
+            ev = await asyncio.wait_for(anext(events), 2)
+            assert isinstance(ev, Dtmf) and ev.digit == "7"
+
+        # Asterisk side closed the socket (e.g. ARI DELETE of the media channel).
+        info = await asyncio.wait_for(session.closed, 3)
+        assert info.initiator == "remote" and info.code == 1000
+        ev = await asyncio.wait_for(anext(events), 2)
+        assert isinstance(ev, CallEnded)
+        assert registry.active == {}
+
+
+async def test_agent_hangup_sends_hangup_and_closes_1000() -> None:
+    registry = MediaRegistry()
+    async with serve(registry) as url:
+        fut = registry.expect("chan-h")
+        async with asterisk(url, auth=None) as ws:
+            await ws.send(media_start_text("chan-h"))
+            session = await asyncio.wait_for(fut, 2)
+            await session.hangup("done")
+            got: list[str | bytes] = []
+            with pytest.raises(ConnectionClosed) as err:
+                async with asyncio.timeout(3):
+                    while True:
+                        got.append(await ws.recv())
+            assert "HANGUP" in got
+            assert err.value.rcvd is not None and err.value.rcvd.code == 1000
+        info = await asyncio.wait_for(session.closed, 3)
+        assert info.reason == "hangup:done"
+
+
+async def test_json_control_format_is_detected() -> None:
+    registry = MediaRegistry()
+    async with serve(registry) as url:
+        fut = registry.expect("chan-j")
+        async with asterisk(url, auth=None) as ws:
+            await ws.send(media_start_text("chan-j", ControlFormat.JSON))
+            session = await asyncio.wait_for(fut, 2)
+            assert session.control_format is ControlFormat.JSON
+            session.play(b"\x00\x00" * 160, mark="j")
+            got = await recv_until(ws, lambda m: isinstance(m, str) and "MARK_MEDIA" in m)
+            assert got[-1] == '{"command":"MARK_MEDIA","correlation_id":"m1"}'
+
+
+async def test_unknown_channel_is_closed_1008(caplog: pytest.LogCaptureFixture) -> None:
+    registry = MediaRegistry()
+    async with serve(registry) as url:
+        with caplog.at_level(logging.WARNING, logger="vr3ai.media.server"):
+            async with asterisk(url) as ws:
+                await ws.send(media_start_text("nobody-expects-me"))
+                assert await closed_code(ws) == 1008
+    rec = next(r for r in caplog.records if "unknown channel" in r.getMessage())
+    assert rec.channel_id == "nobody-expects-me"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "auth", [None, "Basic " + base64.b64encode(b"vr3ai-media:wrong").decode(), "Bearer x", "Basic !!!notbase64"]
+)
+async def test_bad_or_missing_auth_is_closed_1008_and_keeps_expectation(
+    auth: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = MediaRegistry()
+    async with serve(registry) as url:
+        fut = registry.expect("chan-a", (USER, PASSWORD))
+        with caplog.at_level(logging.WARNING, logger="vr3ai.media.server"):
+            async with asterisk(url, auth=auth) as ws:
+                await ws.send(media_start_text("chan-a"))
+                assert await closed_code(ws) == 1008
+        assert not fut.done() and registry.pending == ["chan-a"]
+        assert PASSWORD not in caplog.text and "wrong" not in caplog.text
+        # The real Asterisk connection still gets through.
+        async with asterisk(url) as ws:
+            await ws.send(media_start_text("chan-a"))
+            session = await asyncio.wait_for(fut, 2)
+            assert session.channel_id == "chan-a"
+
+
+async def test_no_media_start_within_2s_is_closed(caplog: pytest.LogCaptureFixture) -> None:
+    registry = MediaRegistry()
+    assert registry.media_start_timeout == 2.0
+    async with serve(registry) as url:
+        with caplog.at_level(logging.WARNING, logger="vr3ai.media.server"):
+            async with asterisk(url) as ws:
+                t0 = time.monotonic()
+                code = await closed_code(ws, within=5)
+                waited = time.monotonic() - t0
+    assert code == 1002
+    assert 1.9 <= waited <= 4.0
+    assert any("MEDIA_START" in r.getMessage() for r in caplog.records)
+
+
+async def test_first_message_not_media_start_is_closed() -> None:
+    registry = MediaRegistry()
+    async with serve(registry) as url:
+        async with asterisk(url) as ws:
+            await ws.send(b"\xff" * 160)
+            assert await closed_code(ws) == 1002
+
+
+async def test_unsupported_format_fails_the_expectation() -> None:
+    registry = MediaRegistry()
+    async with serve(registry) as url:
+        fut = registry.expect("chan-opus")
+        async with asterisk(url, auth=None) as ws:
+            await ws.send(media_start_text("chan-opus", codec="opus"))
+            assert await closed_code(ws) == 1003
+        with pytest.raises(MediaFormatError):
+            await asyncio.wait_for(fut, 1)
+
+
+async def test_cancelled_expectations_reject_the_socket() -> None:
+    registry = MediaRegistry()
+    async with serve(registry) as url:
+        registry.expect("chan-c")
+        assert registry.cancel("chan-c") is True
+        assert registry.cancel("chan-c") is False
+        fut = registry.expect("chan-t")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(fut, 0.05)  # the owner gave up: cancelling withdraws it
+        assert registry.pending == []
+        for cid in ("chan-c", "chan-t"):
+            async with asterisk(url, auth=None) as ws:
+                await ws.send(media_start_text(cid))
+                assert await closed_code(ws) == 1008
+
+
+async def test_duplicate_expectation_refused() -> None:
+    registry = MediaRegistry()
+    registry.expect("dup")
+    with pytest.raises(ValueError):
+        registry.expect("dup")
+    with pytest.raises(ValueError):
+        registry.expect("")
+
+
+async def test_many_concurrent_calls_are_paced() -> None:
+    registry = MediaRegistry(MediaConfig(status_interval_s=0))
+    n = 20
+    async with serve(registry) as url:
+
+        async def one_call(i: int) -> tuple[int, float]:
+            cid = f"load-{i}"
+            fut = registry.expect(cid)
+            async with asterisk(url, auth=None) as ws:
+                await ws.send(media_start_text(cid))
+                session = await asyncio.wait_for(fut, 3)
+
+                async def drain() -> None:
+                    with contextlib.suppress(ConnectionClosed):
+                        async for msg in ws:
+                            if isinstance(msg, bytes):
+                                assert len(msg) % 160 == 0
+                                await ws.send(b"\xff" * 160)  # and the caller talks back
+
+                reader = asyncio.ensure_future(drain())
+                session.play(b"\x10\x00" * 8000)  # 1 s of agent audio
+                await asyncio.sleep(0.2)
+                n0, t0 = session.stats.frames_out, time.monotonic()
+                await asyncio.sleep(1.0)
+                sent = session.stats.frames_out - n0
+                rate = sent / (time.monotonic() - t0)
+                reader.cancel()
+                return sent, rate
+
+        results = await asyncio.gather(*(one_call(i) for i in range(n)))
+    for sent, rate in results:
+        # Real time: ~50 frames per second; a late loop skips (fewer), it never dumps (more).
+        assert sent <= 56, results
+        assert rate >= 25, results
+
+
+# ------------------------------------------------------------------------------------------------ unit
+
+
+def test_basic_auth_matches() -> None:
+    assert basic_auth_matches(AUTH, (USER, PASSWORD))
+    assert basic_auth_matches("basic " + AUTH.split()[1], (USER, PASSWORD))
+    assert not basic_auth_matches(None, (USER, PASSWORD))
+    assert not basic_auth_matches(AUTH, (USER, "other"))
+    assert not basic_auth_matches("Basic", (USER, PASSWORD))
+    assert not basic_auth_matches("Basic ###", (USER, PASSWORD))
+
+
+class _SlowSocket:
+    """A Starlette-like WebSocket whose send blocks while ``gate`` is closed."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.out: list[Any] = []
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.gate.wait()
+        self.out.append(message.get("bytes", message.get("text")))
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        self.out.append(("close", code))
+
+
+async def test_transport_sends_inline_and_keeps_order_under_backpressure() -> None:
+    sock = _SlowSocket()
+    tr = StarletteTransport(sock)  # type: ignore[arg-type]
+    tr.send_bytes(b"a")
+    assert sock.out == [b"a"]  # completed inline, no task involved
+    sock.gate.clear()
+    tr.send_bytes(b"b")
+    tr.send_text("MARK_MEDIA m1")
+    tr.send_bytes(b"c")
+    assert sock.out == [b"a"] and tr.suspended_sends == 1
+    sock.gate.set()
+    await asyncio.sleep(0.01)
+    assert sock.out == [b"a", b"b", "MARK_MEDIA m1", b"c"]
+    tr.send_bytes(b"d")
+    assert sock.out[-1] == b"d"  # back to inline sends
+    sock.gate.clear()
+    tr.send_text("HANGUP")
+    close = asyncio.ensure_future(tr.close(1000))
+    await asyncio.sleep(0.01)
+    sock.gate.set()
+    await close
+    assert sock.out[-2:] == ["HANGUP", ("close", 1000)]  # close waits for queued sends

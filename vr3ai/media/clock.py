@@ -1,0 +1,133 @@
+"""One pacing clock per event loop, shared by every media session in the process.
+
+Why shared: a task that sleeps 20 ms per call costs a timer, a future and a task switch per call per
+tick; at 150 calls that is 7,500 wake-ups a second spent doing nothing but waiting. One task that
+wakes every 20 ms and services every session's due frames costs one wake-up per tick in total, and
+the per-session work is a few comparisons plus (usually) one non-blocking send.
+
+Why "skip, never burst": if the loop stalls (GC, a CPU-heavy callback, an overloaded host), the
+next tick is simply late. The clock does not replay missed ticks; each session compares its own
+model of Asterisk's queue with the current time and refills only up to its target lead. Audio sent
+to catch up would sit in Asterisk's queue for the rest of the call, because chan_websocket plays
+exactly one frame per ptime and never catches up (Asterisk issue #2115).
+
+Sessions only need ``service(now)``; tests drive a clock by hand with :meth:`MediaClock.tick`
+(``autostart=False``) and a virtual ``time_fn``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Callable
+from typing import Protocol
+
+log = logging.getLogger("vr3ai.media.clock")
+
+DEFAULT_TICK_MS = 20.0
+
+
+class Paced(Protocol):
+    def service(self, now: float) -> None:
+        """Send whatever is due at ``now`` (seconds on the clock's time base). Must not block."""
+        ...
+
+
+class MediaClock:
+    """Wakes every ``tick_ms`` while at least one session is registered and services all of them."""
+
+    def __init__(
+        self,
+        tick_ms: float = DEFAULT_TICK_MS,
+        *,
+        time_fn: Callable[[], float] | None = None,
+        autostart: bool = True,
+    ) -> None:
+        self.tick_s = tick_ms / 1000.0
+        self._time_fn = time_fn
+        self._autostart = autostart
+        self._sessions: dict[int, Paced] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.ticks = 0
+        self.late_ticks = 0
+        """Ticks that ran more than one tick period after they were due (the loop stalled)."""
+        self.max_lateness_ms = 0.0
+        self.service_errors = 0
+        self.lateness_ms: list[float] | None = None
+        """Set to a list to record each tick's lateness (benchmarks)."""
+
+    def now(self) -> float:
+        """Seconds on this clock's monotonic time base."""
+        if self._time_fn is not None:
+            return self._time_fn()
+        return time.monotonic()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def add(self, session: Paced) -> None:
+        self._sessions[id(session)] = session
+        if self._autostart and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="vr3ai-media-clock")
+
+    def remove(self, session: Paced) -> None:
+        self._sessions.pop(id(session), None)
+        # The task notices the empty set on its next tick and exits; no cancel needed.
+
+    def tick(self, now: float | None = None) -> None:
+        """Service every registered session once. One broken session never stops the others."""
+        if now is None:
+            now = self.now()
+        self.ticks += 1
+        for session in list(self._sessions.values()):
+            try:
+                session.service(now)
+            except Exception:
+                self.service_errors += 1
+                log.exception("media session service failed")
+
+    async def _run(self) -> None:
+        # Absolute deadlines so per-tick jitter does not accumulate into drift.
+        tick = self.tick_s
+        due = self.now()
+        try:
+            while self._sessions:
+                now = self.now()
+                lateness = now - due
+                if lateness > tick:
+                    self.late_ticks += 1
+                    # Re-phase instead of replaying the missed ticks.
+                    due = now
+                if lateness * 1000.0 > self.max_lateness_ms:
+                    self.max_lateness_ms = lateness * 1000.0
+                if self.lateness_ms is not None:
+                    self.lateness_ms.append(max(0.0, lateness) * 1000.0)
+                self.tick(now)
+                due += tick
+                await asyncio.sleep(max(0.0, due - self.now()))
+        finally:
+            self._task = None
+
+    async def aclose(self) -> None:
+        task = self._task
+        self._sessions.clear()
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+_SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MediaClock] = weakref.WeakKeyDictionary()
+
+
+def shared_clock() -> MediaClock:
+    """The process-wide clock of the running event loop (created on first use)."""
+    loop = asyncio.get_running_loop()
+    clock = _SHARED.get(loop)
+    if clock is None:
+        clock = MediaClock()
+        _SHARED[loop] = clock
+    return clock

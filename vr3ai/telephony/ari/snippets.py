@@ -1,0 +1,231 @@
+"""The Asterisk side of one ARI configuration, as text a PBX operator can paste.
+
+Pure functions (no I/O, no database, no settings object) so that the dashboard, the CLI and the
+tests produce the same text from the same inputs. Each snippet follows the user guide's example
+for that file (``ari.conf``, ``http.conf``, ``extensions.conf``, ``websocket_client.conf``) with the
+names of *this* configuration filled in, plus the few lines the guide leaves implicit and that we
+know matter on Asterisk 22:
+
+* ``websocket_client.conf``: ``protocols = media`` (chan_websocket refuses other sub-protocols),
+  ``connection_type = per_call_config`` (the only type media supports), and ``tls_enabled = yes``
+  whenever the URI is ``wss://`` — Asterisk does not negotiate TLS from the scheme alone.
+* The media URI is derived from the platform's public URL (``http`` → ``ws``, ``https`` → ``wss``)
+  or, when a separate TLS media listener is configured, from that port.
+
+Secrets are never rendered: the ARI and media passwords appear as the guide's placeholders
+(``your_secure_password``) with a comment saying which value to put there. The functions never
+receive a password, so they cannot leak one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+MEDIA_PATH = "/api/v1/telephony/ws/ari"
+"""Where the platform accepts Asterisk's media WebSocket connections."""
+ARI_PASSWORD_PLACEHOLDER = "your_secure_password"
+MEDIA_PASSWORD_PLACEHOLDER = "your_media_password"
+DEFAULT_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
+ULAW_NOTE = (
+    "VR3 AI's external media channel uses G.711 μ-law (ulaw). Make sure any PJSIP endpoint or SIP trunk "
+    "that places or receives calls through VR3 AI allows ulaw (e.g. allow=ulaw in the endpoint config)."
+)
+TLS_NOTE = (
+    "tls_enabled = yes is required even though the URI scheme is wss:// — without it Asterisk will not "
+    "negotiate TLS and the connection will fail."
+)
+
+
+@dataclass(frozen=True)
+class Snippet:
+    filename: str
+    """``ari.conf`` … or ``Asterisk CLI`` for the reload commands."""
+    title: str
+    text: str
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def media_ws_uri(public_url: str, *, tls_port: int = 0) -> str:
+    """The ``uri`` Asterisk must dial for media.
+
+    ``public_url`` is how Asterisk reaches the platform's HTTP port (``settings.effective_public_url()``).
+    ``tls_port``: the platform also serves media as ``wss://`` on that port (``VR3AI_MEDIA_TLS_PORT``);
+    when the public URL is plain ``http`` we prefer it, because media then travels encrypted.
+    """
+    parts = urlsplit(public_url.strip().rstrip("/"))
+    scheme = (parts.scheme or "http").lower()
+    host = parts.hostname or "127.0.0.1"
+    netloc_host = f"[{host}]" if ":" in host else host
+    base_path = parts.path.rstrip("/")
+    if scheme == "https":
+        port = f":{parts.port}" if parts.port and parts.port != 443 else ""
+        return f"wss://{netloc_host}{port}{base_path}{MEDIA_PATH}"
+    if tls_port:
+        return f"wss://{netloc_host}:{tls_port}{base_path}{MEDIA_PATH}"
+    port = f":{parts.port}" if parts.port and parts.port != 80 else ""
+    return f"ws://{netloc_host}{port}{base_path}{MEDIA_PATH}"
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when the URL names this machine only: an Asterisk on another host cannot reach it."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host in {"localhost", "::1", "0.0.0.0", "::"} or host.startswith("127.")
+
+
+def _ari_port(ari_endpoint_url: str) -> tuple[str, int]:
+    parts = urlsplit(ari_endpoint_url)
+    scheme = (parts.scheme or "http").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, port or (8089 if scheme == "https" else 8088)
+
+
+def ari_conf(stasis_app_name: str) -> Snippet:
+    text = (
+        "[general]\n"
+        "enabled = yes\n"
+        "\n"
+        f"[{stasis_app_name}]\n"
+        "type = user\n"
+        "read_only = no\n"
+        f"; replace {ARI_PASSWORD_PLACEHOLDER} with the App Password you saved in VR3 AI\n"
+        f"password = {ARI_PASSWORD_PLACEHOLDER}\n"
+    )
+    return Snippet(
+        "ari.conf",
+        "Enable ARI (ari.conf)",
+        text,
+        (
+            f"The section name ({stasis_app_name}) and password must match the Stasis App Name and App "
+            "Password of this configuration, with no extra spaces.",
+        ),
+    )
+
+
+def http_conf(ari_endpoint_url: str) -> Snippet:
+    scheme, port = _ari_port(ari_endpoint_url)
+    if scheme == "https":
+        text = (
+            "[general]\n"
+            "enabled = yes\n"
+            "tlsenable = yes\n"
+            f"tlsbindaddr = 0.0.0.0:{port}\n"
+            "tlscertfile = /etc/asterisk/keys/asterisk.crt\n"
+            "tlsprivatekey = /etc/asterisk/keys/asterisk.key\n"
+        )
+        notes = (
+            f"Your ARI Endpoint URL uses https, so ARI must be served over TLS on port {port}; "
+            "use your own certificate and key paths.",
+        )
+    else:
+        text = f"[general]\nenabled = yes\nbindaddr = 0.0.0.0\nbindport = {port}\n"
+        notes = (f"bindport must match the port of your ARI Endpoint URL ({port}).",)
+    notes += ("Changes to http.conf require a full Asterisk reload (core reload) or a service restart.",)
+    return Snippet("http.conf", "Enable the HTTP Server (http.conf)", text, notes)
+
+
+def extensions_conf(stasis_app_name: str, extensions: list[str] | tuple[str, ...] = ()) -> Snippet:
+    lines = ["[from-external]"]
+    if extensions:
+        for exten in extensions:
+            lines += [
+                f"exten => {exten},1,NoOp(Incoming call to {exten})",
+                f" same => n,Stasis({stasis_app_name})",
+                " same => n,Hangup()",
+            ]
+        notes: tuple[str, ...] = (
+            "One entry per phone number of this configuration. To route every extension instead, use the "
+            f"pattern _X. (exten => _X.,1,NoOp(Incoming call to ${{EXTEN}}) then Stasis({stasis_app_name})).",
+        )
+    else:
+        lines += [
+            "exten => _X.,1,NoOp(Incoming call to ${EXTEN})",
+            f" same => n,Stasis({stasis_app_name})",
+            " same => n,Hangup()",
+        ]
+        notes = (
+            "The pattern _X. routes every numeric extension into VR3 AI; once you have added phone numbers "
+            "this snippet lists them one by one instead.",
+        )
+    notes += (
+        "Use the context your SIP endpoints or trunk deliver calls to (from-external in the guide). Adding "
+        "an extension in VR3 AI doesn't change Asterisk's dialplan — that's what this snippet is for.",
+    )
+    return Snippet("extensions.conf", "Configure the Stasis Dialplan (extensions.conf)", "\n".join(lines) + "\n", notes)
+
+
+def websocket_client_conf(
+    websocket_client_name: str,
+    uri: str,
+    *,
+    media_username: str | None = None,
+    ca_list_file: str = DEFAULT_CA_FILE,
+) -> Snippet:
+    tls = uri.lower().startswith("wss://")
+    lines = [
+        f"[{websocket_client_name}]",
+        "type = websocket_client",
+        "connection_type = per_call_config",
+        f"uri = {uri}",
+        "protocols = media",
+    ]
+    if media_username:
+        lines.append(f"username = {media_username}")
+        lines.append(f"; replace {MEDIA_PASSWORD_PLACEHOLDER} with the media password you saved in VR3 AI")
+        lines.append(f"password = {MEDIA_PASSWORD_PLACEHOLDER}")
+    if tls:
+        lines += ["tls_enabled = yes", f"ca_list_file = {ca_list_file}"]
+    else:
+        lines.append("tls_enabled = no")
+    notes: list[str] = []
+    if tls:
+        notes.append(TLS_NOTE)
+    notes.append(
+        f"The section name ({websocket_client_name}) is the WebSocket Client Name of this configuration. "
+        "This name tells Asterisk which WebSocket connection to use for external media streaming during calls."
+    )
+    notes.append(ULAW_NOTE)
+    return Snippet(
+        "websocket_client.conf",
+        "Configure External Media Streaming (websocket_client.conf)",
+        "\n".join(lines) + "\n",
+        tuple(notes),
+    )
+
+
+def reload_commands() -> Snippet:
+    text = (
+        "ari reload                                 # picks up ari.conf changes\n"
+        "dialplan reload                            # picks up extensions.conf changes\n"
+        "module reload res_websocket_client.so      # picks up websocket_client.conf changes\n"
+    )
+    return Snippet(
+        "Asterisk CLI",
+        "Apply the configuration changes (asterisk -rvvv)",
+        text,
+        ("Changes to http.conf require a full Asterisk reload (core reload) or a service restart.",),
+    )
+
+
+def asterisk_snippets(
+    *,
+    ari_endpoint_url: str,
+    stasis_app_name: str,
+    websocket_client_name: str,
+    public_url: str,
+    media_tls_port: int = 0,
+    extensions: list[str] | tuple[str, ...] = (),
+    media_username: str | None = None,
+) -> list[Snippet]:
+    """All snippets for one configuration, in the guide's order, then the reload commands."""
+    uri = media_ws_uri(public_url, tls_port=media_tls_port)
+    return [
+        ari_conf(stasis_app_name),
+        http_conf(ari_endpoint_url),
+        extensions_conf(stasis_app_name, extensions),
+        websocket_client_conf(websocket_client_name, uri, media_username=media_username),
+        reload_commands(),
+    ]
