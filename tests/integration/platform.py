@@ -123,6 +123,9 @@ async def running_platform(
     voice: bool = False,
     database_url: str = "",
     max_concurrent_calls: int = 10,
+    tls_port: int = 0,
+    tls_cert: str = "",
+    tls_key: str = "",
     **settings_kw: Any,
 ) -> AsyncIterator[RunningPlatform]:
     settings = Settings(
@@ -146,6 +149,24 @@ async def running_platform(
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))
+    tls_server: uvicorn.Server | None = None
+    tls_task: asyncio.Task[None] | None = None
+    if tls_port:
+        # The wss:// media listener, as `vr3ai serve` runs it with VR3AI_MEDIA_TLS_* set.
+        tls_config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=tls_port,
+            ws="websockets-sansio",
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            ssl_certfile=tls_cert,
+            ssl_keyfile=tls_key,
+        )
+        tls_server = uvicorn.Server(tls_config)
+        tls_server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        tls_task = asyncio.create_task(tls_server.serve())
     try:
         for _ in range(300):
             if server.started:
@@ -158,6 +179,9 @@ async def running_platform(
         async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=20) as http:
             yield RunningPlatform(base, services, key, org.id, http)
     finally:
+        if tls_server is not None and tls_task is not None:
+            tls_server.should_exit = True
+            await asyncio.wait({tls_task}, timeout=5)
         server.should_exit = True
         try:
             await asyncio.wait_for(task, timeout=15)
