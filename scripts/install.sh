@@ -12,7 +12,7 @@ WITH_TEST=0
 mkdir -p "$CACHE"
 
 need_pkgs=(python3 python3-venv python3-dev gcc flite sox espeak-ng openssl curl ca-certificates)
-[ "$WITH_TEST" = 1 ] && need_pkgs+=(postgresql debootstrap)
+[ "$WITH_TEST" = 1 ] && need_pkgs+=(postgresql debootstrap chromium)  # chromium: tests/browser
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

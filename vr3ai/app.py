@@ -22,6 +22,7 @@ from vr3ai.media.server import MediaRegistry, media_router
 from vr3ai.services import Services
 from vr3ai.settings import Settings
 from vr3ai.telephony.ari.calls import AgentFactory
+from vr3ai.web import web_router
 
 log = logging.getLogger("vr3ai.app")
 
@@ -88,4 +89,5 @@ def create_app(
     app.state.services = svc
     app.include_router(api_router)
     app.include_router(media_router(svc.media))
+    app.include_router(web_router())
     return app

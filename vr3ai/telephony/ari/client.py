@@ -222,10 +222,18 @@ def _message(resp: httpx.Response) -> str:
     return text[:200] if text else resp.reason_phrase
 
 
-def _reason(e: Exception) -> str:
-    text = str(e) or type(e).__name__
-    if "refused" in text.lower():
+def _reason(e: BaseException) -> str:
+    # httpx wraps the OS error ("All connection attempts failed"); the useful words are in the chain.
+    texts: list[str] = []
+    seen: BaseException | None = e
+    while seen is not None and len(texts) < 5:
+        texts.append(str(seen) or type(seen).__name__)
+        seen = seen.__cause__ or seen.__context__
+    joined = " | ".join(texts).lower()
+    if "refused" in joined:
         return "connection refused"
-    if "name or service" in text.lower() or "nodename" in text.lower():
+    if "name or service" in joined or "nodename" in joined or "name resolution" in joined:
         return "host name not found"
-    return text[:120]
+    if "unreachable" in joined:
+        return "network unreachable"
+    return texts[0][:120]
