@@ -46,6 +46,18 @@ async def close_orphan_runs(svc: Services) -> int:
     return closed
 
 
+def _load_factory(spec: str) -> AgentFactory | None:
+    """``package.module:callable`` → the callable; a class is instantiated once (a factory object)."""
+    if not spec:
+        return None
+    import importlib
+    import inspect
+
+    module_name, _, attr = spec.partition(":")
+    obj = getattr(importlib.import_module(module_name), attr)
+    return obj() if inspect.isclass(obj) else obj  # type: ignore[no-any-return]
+
+
 def create_app(
     settings: Settings | None = None,
     services: Services | None = None,
@@ -59,7 +71,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await upgrade(svc.db)
         await close_orphan_runs(svc)
-        factory = agent_factory
+        factory = agent_factory or _load_factory(settings.agent_factory)
         voice: Any = None
         if factory is None and settings.voice:
             from vr3ai.agent.factory import VoiceRuntime

@@ -52,13 +52,23 @@ def redact(text: str) -> str:
 
 
 def _redact_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {k: _redact_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redact_value(v) for v in value]
-    return value
+    # Anything that is not plain JSON is turned into (redacted) text here rather than by
+    # json.dumps(default=str) later, which would bypass redaction. A dead weakref proxy raises on
+    # any use, so even the type checks are guarded.
+    try:
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if isinstance(value, str):
+            return redact(value)
+        if isinstance(value, dict):
+            return {str(k): _redact_value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple | set):
+            return [_redact_value(v) for v in value]
+        return redact(str(value))
+    except ReferenceError:
+        return "<gone>"
+    except Exception:
+        return "<unprintable>"
 
 
 class JsonFormatter(logging.Formatter):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 
 import uvicorn
@@ -63,6 +64,35 @@ async def _serve(settings: Settings) -> None:
         )
         servers.append(tls)
 
+    # Our own SIGTERM/SIGINT handling: end calls cleanly (ARI hangup, runs closed with a reason)
+    # BEFORE uvicorn closes the media WebSockets, which would otherwise look like a network failure.
+    loop = asyncio.get_running_loop()
+    stopping = False
+    shutdown_tasks: list[asyncio.Task[None]] = []
+
+    async def graceful() -> None:
+        if svc.telephony is not None:
+            log.info("shutting down: ending live calls", extra={"grace_s": settings.shutdown_grace_s})
+            try:
+                await svc.telephony.drain(settings.shutdown_grace_s)
+            except Exception:
+                log.exception("graceful telephony stop failed")
+        for s in servers:
+            s.should_exit = True
+
+    def on_signal() -> None:
+        nonlocal stopping
+        if stopping:
+            for s in servers:
+                s.force_exit = True
+            return
+        stopping = True
+        shutdown_tasks.append(loop.create_task(graceful()))
+
+    for s in servers:
+        s.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
     log.info("listening", extra={"url": settings.effective_public_url()})
     tasks = [asyncio.create_task(s.serve()) for s in servers]
     # When the main server stops (SIGTERM/SIGINT), stop the TLS media listener with it.

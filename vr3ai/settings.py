@@ -49,6 +49,10 @@ class Settings:
     """Load the offline voice stack at start-up (off for API-only tests)."""
     ring_timeout_s: int = 30
     """How long an outbound call rings before it ends as ``no_answer``."""
+    agent_factory: str = ""
+    """``module:callable`` building an agent per call (default: the workflow's voice agent)."""
+    shutdown_grace_s: float = 0.0
+    """On SIGTERM, how long live calls may go on before they are ended cleanly."""
     log_json: bool = True
     cookie_secure: bool = False
 
@@ -66,6 +70,8 @@ class Settings:
         s.start_telephony = _env_bool("VR3AI_START_TELEPHONY", True)
         s.voice = _env_bool("VR3AI_VOICE", True)
         s.log_json = _env_bool("VR3AI_LOG_JSON", True)
+        s.agent_factory = os.environ.get("VR3AI_AGENT_FACTORY", "")
+        s.shutdown_grace_s = float(os.environ.get("VR3AI_SHUTDOWN_GRACE_S", "0") or 0)
         s.ring_timeout_s = int(os.environ.get("VR3AI_RING_TIMEOUT_S", s.ring_timeout_s))
         s.cookie_secure = _env_bool("VR3AI_COOKIE_SECURE", False)
         return s

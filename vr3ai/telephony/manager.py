@@ -54,6 +54,18 @@ class TelephonyManager:
             self.connections.clear()
         await asyncio.gather(*(c.stop("VR3 AI is shutting down") for c in conns), return_exceptions=True)
 
+    async def drain(self, grace_s: float) -> None:
+        """Graceful stop: refuse new calls, let live ones go on for up to ``grace_s``, then end the
+        rest cleanly (hangup, teardown, run closed with a reason)."""
+        for conn in self.connections.values():
+            conn.draining = True
+        deadline = asyncio.get_running_loop().time() + max(grace_s, 0.0)
+        while any(c.live for c in self.connections.values()):
+            if asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(0.1)
+        await self.stop()
+
     async def _start_row(self, row: TelephonyConfiguration) -> None:
         if row.provider != "ari" or not row.enabled:
             return

@@ -101,6 +101,8 @@ class AriConnection:
         self.recent_events: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
         self.reconcile_report: dict[str, Any] = {}
         self._stopping = False
+        self.draining = False
+        """Set on graceful shutdown: live calls go on, new ones are refused."""
         self._background: set[asyncio.Task[Any]] = set()
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -150,7 +152,12 @@ class AriConnection:
         if call is not None:
             call.feed(event)
             return
-        if etype == "StasisStart" and not self._stopping:
+        if etype == "StasisStart":
+            if self._stopping or self.draining:
+                # Shutting down: refuse new calls at once rather than leave them ringing in Stasis.
+                self.record_event("warning", "call refused: VR3 AI is shutting down")
+                self._spawn(self._hangup_quietly(str(cid), "congestion"))
+                return
             self._on_new_channel(event, channel or {})
 
     def _on_new_channel(self, event: dict[str, Any], channel: dict[str, Any]) -> None:
@@ -182,9 +189,9 @@ class AriConnection:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _hangup_quietly(self, cid: str) -> None:
+    async def _hangup_quietly(self, cid: str, reason: str = "normal") -> None:
         try:
-            await self.client.hangup(cid)
+            await self.client.hangup(cid, reason)
         except AriError:
             pass
 

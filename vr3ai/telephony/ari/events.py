@@ -5,9 +5,10 @@
   ARI not loaded, chan_websocket / res_websocket_client missing.
 * Liveness: WebSocket pings every 8 s with an 8 s timeout, so a dead link is noticed within ~16 s
   even when no events flow (Asterisk answers pings itself).
-* Reconnect with capped exponential backoff and jitter (0.25 s growing ×1.6 to 5 s), reset after
+* Reconnect with capped exponential backoff and jitter (0.25 s growing ×1.6 to 2 s), reset after
   a connection that stayed up for 30 s: an Asterisk restart takes 0.5–1.5 s, and a steeper curve
-  would leave us sleeping for seconds after Asterisk is back.
+  would leave us sleeping for seconds after Asterisk is back. A retry costs one small REST GET, so
+  a 2 s cap is cheap even against an Asterisk that stays down for hours.
 * ``ApplicationReplaced`` means another client subscribed our Stasis app and now receives our
   calls. We surface state ``replaced`` and log an error; we do NOT grab the app back automatically,
   because two platforms stealing one app from each other lose calls on both sides. A configuration
@@ -39,7 +40,7 @@ ConnectedHandler = Callable[[], Awaitable[None]]
 PING_INTERVAL_S = 8.0
 PING_TIMEOUT_S = 8.0
 BACKOFF_START_S = 0.25
-BACKOFF_CAP_S = 5.0
+BACKOFF_CAP_S = 2.0
 BACKOFF_FACTOR = 1.6
 STABLE_AFTER_S = 30.0
 REQUIRED_MODULES = ("chan_websocket.so", "res_websocket_client.so")
