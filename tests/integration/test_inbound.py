@@ -96,3 +96,18 @@ async def test_media_server_unreachable(lab: AsteriskLab, platform: RunningPlatf
     assert "could not reach the media WebSocket" in run["end_reason"], run["end_reason"]
     await assert_no_leftovers(lab)
     await asyncio.sleep(0)
+
+
+async def test_channel_already_answered_by_dialplan(
+    lab: AsteriskLab, platform: RunningPlatform, recorder: AgentRecorder
+) -> None:
+    wf_id, _ = await platform.setup_inbound(definition=SIMPLE_WORKFLOW, lab=lab)
+    call = await lab.call("8000", hold_s=3, context="from-external-answered")
+    heard = await call.recording()
+    run = await platform.wait_run(workflow_id=wf_id)
+    assert run["status"] == "completed", run["end_reason"]
+    assert run["direction"] == "inbound"
+    timings = run["metrics"][-1]["call_timings_ms"]
+    assert "answered" not in timings  # we did not answer it again
+    assert audio.segments(heard), "caller heard nothing"
+    await assert_no_leftovers(lab)
