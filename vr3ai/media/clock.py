@@ -56,6 +56,8 @@ class MediaClock:
         """Ticks that ran more than one tick period after they were due (the loop stalled)."""
         self.max_lateness_ms = 0.0
         self.service_errors = 0
+        self._phase: float | None = None
+        """When the last tick was due: the tick grid that sessions align their frame grid to."""
         self.lateness_ms: list[float] | None = None
         """Set to a list to record each tick's lateness (benchmarks)."""
 
@@ -77,10 +79,11 @@ class MediaClock:
         self._sessions.pop(id(session), None)
         # The task notices the empty set on its next tick and exits; no cancel needed.
 
-    def tick(self, now: float | None = None) -> None:
+    def tick(self, now: float | None = None, *, due: float | None = None) -> None:
         """Service every registered session once. One broken session never stops the others."""
         if now is None:
             now = self.now()
+        self._phase = due if due is not None else now
         self.ticks += 1
         for session in list(self._sessions.values()):
             try:
@@ -88,6 +91,19 @@ class MediaClock:
             except Exception:
                 self.service_errors += 1
                 log.exception("media session service failed")
+
+    def align(self, t: float, period: float) -> float:
+        """Delay in [0, period) that puts ``t`` on the tick grid (modulo ``period``).
+
+        A session whose queue model restarts (call start, after an underrun or a flush) may place
+        its frame grid anywhere: Asterisk's own timer phase is unknown to us. Putting it on the tick
+        grid makes every tick see the same lead, half a frame away from the refill threshold, so
+        tick jitter below half a frame never flips between sending 0 and 2 frames."""
+        phase = self._phase
+        if phase is None or period <= 0:
+            return 0.0
+        d = (phase - t) % period
+        return 0.0 if d >= period - 1e-6 else d
 
     async def _run(self) -> None:
         # Absolute deadlines so per-tick jitter does not accumulate into drift.
@@ -105,7 +121,7 @@ class MediaClock:
                     self.max_lateness_ms = lateness * 1000.0
                 if self.lateness_ms is not None:
                     self.lateness_ms.append(max(0.0, lateness) * 1000.0)
-                self.tick(now)
+                self.tick(now, due=due)
                 due += tick
                 await asyncio.sleep(max(0.0, due - self.now()))
         finally:

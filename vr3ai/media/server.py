@@ -45,7 +45,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket
 
 from vr3ai.media.clock import MediaClock
-from vr3ai.media.protocol import MediaStart, detect_format, parse_event
+from vr3ai.media.protocol import Malformed, MediaStart, detect_format, parse_event
 from vr3ai.media.session import MediaConfig, MediaFormatError, MediaSession
 
 log = logging.getLogger("vr3ai.media.server")
@@ -57,6 +57,7 @@ CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY_VIOLATION = 1008
 
+_CLOSE_TIMEOUT_S = 1.0
 _MAX_BACKLOG = 500
 """Messages held while a send waits for the TCP buffer (10 s of frames): beyond that the peer is not
 reading and further audio is dropped rather than hoarded."""
@@ -149,20 +150,24 @@ class StarletteTransport:
         return None
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send the close frame after whatever is queued (HANGUP). Bounded: a peer that stopped
+        reading blocks uvicorn's send until its TCP connection dies, and nobody may wait that long."""
         if self._closed_out:
             return
-        drainer = self._drainer
-        if drainer is not None:
-            # Let HANGUP and queued audio go out before the close frame.
-            try:
-                await asyncio.wait_for(asyncio.shield(drainer), 1.0)
-            except (TimeoutError, asyncio.CancelledError):
-                pass
         self._closed_out = True
+        drainer = self._drainer
         try:
-            await self._ws.close(code, reason)
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                if drainer is not None:
+                    await asyncio.shield(drainer)
+                await self._ws.close(code, reason)
+        except TimeoutError:
+            log.info("media peer is not reading; close frame not sent")
         except Exception:
             log.debug("media socket close failed", exc_info=True)
+        finally:
+            if drainer is not None and not drainer.done():
+                drainer.cancel()
 
 
 async def _finish_started(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
@@ -188,10 +193,6 @@ async def _finish_started(coro: Coroutine[Any, Any, None], yielded: Any) -> None
 # ------------------------------------------------------------------------------------------------
 # Registry
 # ------------------------------------------------------------------------------------------------
-
-
-class MediaAuthError(Exception):
-    pass
 
 
 @dataclass
@@ -343,7 +344,9 @@ async def handle_media_socket(websocket: WebSocket, registry: MediaRegistry) -> 
         return
     event = parse_event(first) if isinstance(first, str) else None
     if not isinstance(event, MediaStart):
-        log.warning("first media message is not MEDIA_START; closing", extra={"peer": peer})
+        # e.g. a binary frame, or Asterisk < 22.7 whose MEDIA_START has no channel_id to correlate.
+        why = event.reason if isinstance(event, Malformed) else type(event).__name__
+        log.warning("first media message is not a usable MEDIA_START (%s); closing", why, extra={"peer": peer})
         await transport.close(CLOSE_PROTOCOL_ERROR, "MEDIA_START expected")
         return
     assert isinstance(first, str)

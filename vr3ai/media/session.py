@@ -8,7 +8,8 @@ therefore becomes *permanent* latency, and it also delays barge-in (the caller k
 queue until we FLUSH_MEDIA). So the session keeps a model of that queue: every frame we send gets a
 predicted play-out slot ``max(now, end_of_queue)``; on each tick of the shared
 :class:`~vr3ai.media.clock.MediaClock` the session sends frames only while the predicted queue is
-shorter than ``target_lead_ms``. With 20 ms ticks the real lead stays within one tick of the target.
+shorter than ``target_lead_ms``: right after a tick the queue reaches ``target_lead_ms`` ahead, just
+before the next tick one tick less.
 
 * Whole frames only: Asterisk drops the tail of a message that is not a multiple of
   ``optimal_frame_size`` (outside buffering mode). Agent audio is re-framed in a byte buffer; a
@@ -97,11 +98,18 @@ class MediaFormatError(ValueError):
     """MEDIA_START announced a format this session cannot re-frame (e.g. opus passthrough)."""
 
 
+class MediaSessionClosed(ConnectionError, TimeoutError):
+    """The media session ended while (or before) waiting for Asterisk. Also a TimeoutError, so
+    code that treats "no STATUS in time" as the normal failure needs no extra case."""
+
+
 @dataclass(frozen=True)
 class MediaConfig:
     target_lead_ms: float = 60.0
-    """How far ahead of real time Asterisk's queue is kept. With 20 ms ticks the queue holds
-    ``target - 20`` .. ``target + 20`` ms; less than ~40 risks underruns on a busy loop."""
+    """How far ahead of real time Asterisk's queue reaches right after each tick; just before the
+    next tick it is one tick less (60 -> 40 ms with 20 ms ticks). The margin before the next tick
+    is what absorbs a late event loop; below ~40 a busy loop causes audible gaps. Speech start
+    and barge-in do not pay for it (fast start, flush)."""
     send_silence: bool = True
     """Stream silence frames while the agent is quiet (Asterisk 22.10 does not)."""
     fast_start: bool = True
@@ -114,6 +122,9 @@ class MediaConfig:
     """Re-anchor the model only when it is off by more than this (Asterisk's timer phase is unknown
     to us, so smaller differences are noise)."""
     recording_jitter_ms: float = 60.0
+    close_grace_s: float = 1.0
+    """After we close, how long the peer gets to complete the close before the session ends
+    anyway (a peer that stopped reading must not keep the call and its owner waiting)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +250,8 @@ class _Mark:
 
 
 _MAX_SEGMENTS = 256
+_MIN_FRAME_MS = 10.0
+_MAX_FRAME_MS = 200.0
 _EPS = 1e-6
 """Seconds; absorbs float rounding so a frame due "now" is not off by one."""
 _MAX_LOGGED_UNKNOWN = 5
@@ -264,8 +277,16 @@ class MediaSession:
         wire = wire_format(start.format)
         if wire is None:
             raise MediaFormatError(f"unsupported media format {start.format!r}")
-        if start.optimal_frame_size <= 0 or start.optimal_frame_size % wire.bytes_per_sample:
-            raise MediaFormatError(f"unusable optimal_frame_size {start.optimal_frame_size} for {start.format}")
+        size = start.optimal_frame_size
+        if size <= 0 or size % wire.bytes_per_sample:
+            raise MediaFormatError(f"unusable optimal_frame_size {size} for {start.format}")
+        size_ms = wire.ms_for_bytes(size)
+        # chan_websocket's frame is one ptime of audio (20 ms for every re-framable codec). Anything
+        # else is a broken peer; an absurd size would also make us allocate absurd silence frames.
+        if not _MIN_FRAME_MS <= size_ms <= _MAX_FRAME_MS:
+            raise MediaFormatError(f"optimal_frame_size {size} is {size_ms:.1f} ms of {start.format}")
+        if start.ptime > 0 and abs(start.ptime - size_ms) > 1:
+            raise MediaFormatError(f"optimal_frame_size {size} ({size_ms:.1f} ms) does not match ptime {start.ptime}")
         self.config = config or MediaConfig()
         self.media_start = start
         self.channel_id = start.channel_id
@@ -280,7 +301,7 @@ class MediaSession:
         self._clock = clock if clock is not None else shared_clock()
         self._loop = asyncio.get_running_loop()
         self._fb = start.optimal_frame_size
-        frame_ms = start.ptime if start.ptime > 0 else wire.ms_for_bytes(self._fb)
+        frame_ms = start.ptime if start.ptime > 0 else size_ms
         self._frame_s = frame_ms / 1000.0
         self._bytes_per_ms = wire.sample_rate * wire.bytes_per_sample / 1000.0
         self._silence_frame = wire.silence(self._fb)
@@ -326,6 +347,8 @@ class MediaSession:
         self._recording_path = Path(recording_path) if recording_path else None
 
         self._running = False
+        self._reader_task: asyncio.Task[object] | None = None
+        self._stop_requested = False
         self._closing = False
         self._finished = False
         self._local_close: tuple[str, int] | None = None
@@ -482,7 +505,10 @@ class MediaSession:
         self._send_command(command)
 
     async def get_status(self, within_s: float = 2.0) -> Status:
-        """Ask Asterisk for its queue state (GET_STATUS -> STATUS); TimeoutError after ``within_s``."""
+        """Ask Asterisk for its queue state (GET_STATUS -> STATUS). Raises TimeoutError after
+        ``within_s``, MediaSessionClosed if the session ends first."""
+        if self._closing or self._finished:
+            raise MediaSessionClosed("media session closed")
         fut: asyncio.Future[Status] = self._loop.create_future()
         self._status_waiters.append(fut)
         self._request_status(self._clock.now())
@@ -500,6 +526,7 @@ class MediaSession:
         if self._running or self._finished:
             raise RuntimeError("MediaSession.run() called twice")
         self._running = True
+        self._reader_task = asyncio.current_task()
         self._clock.add(self)
         self._fill(self._clock.now())
         receive = self._transport.receive
@@ -515,14 +542,20 @@ class MediaSession:
                 else:
                     self._on_audio(msg, clock_now())
         except asyncio.CancelledError as exc:
-            error = exc
-            raise
+            task = self._reader_task
+            if not (self._stop_requested and task is not None and task.uncancel() == 0):
+                error = exc
+                raise
+            # Only we cancelled it (see _close_transport): a normal local end.
         except Exception as exc:
             error = exc
             log.exception("media reader failed", extra=self._log_extra)
             if not self._closing:
                 self._closing = True
-                await self._close_transport(1011)
+                try:
+                    await self._transport.close(1011)
+                except Exception:
+                    log.debug("transport close failed", exc_info=True, extra=self._log_extra)
         finally:
             self._finish(error)
         return self.closed.result()
@@ -531,12 +564,13 @@ class MediaSession:
         stats = self.stats
         stats.frames_in += 1
         stats.bytes_in += len(data)
-        if self._recorder is not None:
-            self._recorder.caller(now - self._t0, data)
         if self._wire.bytes_per_sample == 2 and len(data) % 2:
+            # A broken peer's half sample would shift every later sample by one byte.
             data = data[:-1]
         if not data:
             return
+        if self._recorder is not None:
+            self._recorder.caller(now - self._t0, data)
         if not self._frames_q.push(self._wire.decode(data)):
             stats.frames_in_dropped += 1
             if stats.frames_in_dropped == 1 or stats.frames_in_dropped % 500 == 0:
@@ -639,7 +673,9 @@ class MediaSession:
             self._play_end = now
         if self._xoff:
             return
-        horizon = now + self._lead_s - _EPS
+        # Threshold half a frame below the target: with the frame grid aligned to the tick grid the
+        # lead at each tick sits half a frame away from it, so tick jitter < F/2 changes nothing.
+        horizon = now + self._lead_s - self._frame_s / 2
         streaming = True
         while self._play_end < horizon:
             if not self._send_frame(now):
@@ -670,7 +706,10 @@ class MediaSession:
             self.stats.silence_frames_out += 1
         else:
             return False
-        start = self._play_end if self._play_end > now else now
+        if self._play_end > now:
+            start = self._play_end
+        else:
+            start = now + self._clock.align(now, self._frame_s)
         self._play_end = start + self._frame_s
         self._batch.append(payload)
         self._inflight.append(_Sent(start, end_off, payload))
@@ -726,6 +765,9 @@ class MediaSession:
     def _resync(self, delta_s: float) -> None:
         if abs(delta_s) * 1000.0 <= self.config.resync_threshold_ms:
             return
+        # Whole frames: the measurement is only good to about a frame, and keeping the grid phase
+        # keeps the per-tick sends steady.
+        delta_s = round(delta_s / self._frame_s) * self._frame_s
         for sent in self._inflight:
             sent.start += delta_s
         self._play_end += delta_s
@@ -819,11 +861,26 @@ class MediaSession:
 
     async def _close_transport(self, code: int) -> None:
         try:
-            await self._transport.close(code)
-        except Exception:
+            await asyncio.wait_for(self._transport.close(code), self.config.close_grace_s)
+        except Exception:  # TimeoutError included: a stuck transport must not hold the caller
             log.debug("transport close failed", exc_info=True, extra=self._log_extra)
         if not self._running:
             self._finish(None)
+            return
+        if asyncio.current_task() is self._reader_task:
+            return  # run() finishes the session when it unwinds
+        # Asterisk answers our close within milliseconds and the reader ends; if the peer has
+        # stopped reading it may never do so, and nobody must wait for it.
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), self.config.close_grace_s)
+        except TimeoutError:
+            log.warning("peer did not complete the close; ending the session", extra=self._log_extra)
+            self._stop_requested = True
+            task = self._reader_task
+            if task is not None and not task.done():
+                task.cancel()
+            else:
+                self._finish(None)
 
     def _finish(self, error: BaseException | None) -> None:
         if self._finished:
@@ -847,7 +904,8 @@ class MediaSession:
             info = CloseInfo(remote_code, reason, "remote", at_ms)
         for fut in self._status_waiters:
             if not fut.done():
-                fut.cancel()
+                # Not cancel(): a CancelledError would look like the caller's task was cancelled.
+                fut.set_exception(MediaSessionClosed("media session closed"))
         self._status_waiters.clear()
         self._events_q.push(CallEnded(info.reason, at_ms))
         self._events_q.close()

@@ -141,9 +141,8 @@ class TelephonyManager:
         from vr3ai.db.models import new_id
 
         run_id = new_id()
-        tag = conn.tag
-        channel_id = f"vr3o-{tag}-{run_id.replace('-', '')[:20]}"
-        context["call_id"] = channel_id
+        call = conn.prepare_outbound(run_id)
+        context["call_id"] = call.channel_id
         try:
             await self.services.runs.create(
                 run_id=run_id,
@@ -152,9 +151,13 @@ class TelephonyManager:
                 telephony_configuration_id=config_id,
                 direction="outbound",
                 context=context,
-                call_id=channel_id,
+                call_id=call.channel_id,
             )
         except QuotaExceeded as e:
+            conn.forget(call)
             raise CallRefused(f"quota: {e.reason}", 429) from None
-        conn.start_outbound(run_id, workflow, endpoint, caller_id)
+        except BaseException:
+            conn.forget(call)
+            raise
+        conn.start_outbound(call, workflow, endpoint, caller_id)
         return run_id

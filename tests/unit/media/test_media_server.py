@@ -162,13 +162,13 @@ async def test_full_call_through_real_server() -> None:
             assert registry.pending == []
 
             # Silence flows at real-time pace straight away: the 60 ms lead in one message, then
-            # one frame per 20 ms tick.
+            # one frame per 20 ms tick (a late tick on a loaded box may coalesce two).
             t0 = time.monotonic()
             first = [await ws.recv() for _ in range(11)]
             elapsed = time.monotonic() - t0
             assert first[0] == b"\xff" * 480
-            assert all(m == b"\xff" * 160 for m in first[1:])
-            assert 0.15 <= elapsed <= 1.0  # 10 ticks; generous for a loaded CI box
+            assert all(isinstance(m, bytes) and m and m == b"\xff" * len(m) and len(m) % 160 == 0 for m in first)
+            assert 0.15 <= elapsed <= 1.5
 
             # Agent speech, then the mark right after its last frame.
             pcm = (np.sin(np.arange(1600) * 0.2) * 9000).astype("<i2").tobytes()
@@ -410,3 +410,49 @@ async def test_transport_sends_inline_and_keeps_order_under_backpressure() -> No
     sock.gate.set()
     await close
     assert sock.out[-2:] == ["HANGUP", ("close", 1000)]  # close waits for queued sends
+
+
+def _masked_text(text: str) -> bytes:
+    payload = text.encode()
+    key = b"\x11\x22\x33\x44"
+    head = b"\x81" + (bytes([0x80 | len(payload)]) if len(payload) < 126 else b"\xfe" + len(payload).to_bytes(2, "big"))
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+async def test_hangup_is_bounded_when_asterisk_stops_reading() -> None:
+    registry = MediaRegistry(MediaConfig(status_interval_s=0))
+    async with serve(registry) as url:
+        port = int(url.split(":")[2].split("/")[0])
+        fut = registry.expect("wedged")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        key = base64.b64encode(b"fedcba9876543210").decode()
+        writer.write(
+            (
+                f"GET {MEDIA_WS_PATH} HTTP/1.1\r\nSec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nHost: 127.0.0.1:{port}\r\nSec-WebSocket-Protocol: media\r\n"
+                f"Sec-WebSocket-Key: {key}\r\n\r\n"
+            ).encode()
+        )
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(_masked_text(media_start_text("wedged")))  # like Asterisk: after the 101
+        session = await asyncio.wait_for(fut, 5)
+        # From here on the peer reads nothing: fill every buffer until sends have to wait.
+        transport = session._transport
+        assert isinstance(transport, StarletteTransport)
+        for _ in range(2000):
+            transport.send_bytes(b"\xff" * 16000)
+            if transport.suspended_sends:
+                break
+            await asyncio.sleep(0)
+        assert transport.suspended_sends
+        t0 = time.monotonic()
+        await asyncio.wait_for(session.hangup("bye"), 5)
+        info = await asyncio.wait_for(session.closed, 5)
+        assert time.monotonic() - t0 < 3.5
+        assert info.reason == "hangup:bye"
+        for _ in range(100):
+            if not registry.active:
+                break
+            await asyncio.sleep(0.01)
+        assert registry.active == {}
+        writer.transport.abort()

@@ -308,7 +308,7 @@ async def test_status_resync_when_asterisk_queue_is_longer() -> None:
     status = await status_task
     assert status.queue_length == 25 and rig.session.last_status == status
     assert rig.session.stats.resyncs == 1
-    assert rig.lead_ms() == pytest.approx(510, abs=1)
+    assert rig.lead_ms() == pytest.approx(510, abs=10.5)  # 25 frames + half a frame, in whole frames
     n = rig.session.stats.frames_out
     rig.advance(400)
     assert rig.session.stats.frames_out == n  # wait for Asterisk's queue to come down
@@ -596,3 +596,87 @@ async def test_long_utterance_survives_buffer_compaction() -> None:
     expected = pcm16_to_ulaw(pcm)
     assert audio_bytes(rig)[: len(expected)] == expected
     assert rig.session.queued_ms() == 0
+
+
+async def test_hangup_is_bounded_when_the_peer_never_completes_the_close() -> None:
+    class Wedged(FakeTransport):
+        async def close(self, code: int = 1000, reason: str = "") -> None:
+            self.closed_with = code
+            await asyncio.Event().wait()  # a send blocked on a peer that stopped reading
+
+    time = VirtualTime()
+    from vr3ai.media.clock import MediaClock
+
+    tr = Wedged(time)
+    session = MediaSession(
+        tr, media_start(), config=MediaConfig(close_grace_s=0.05), clock=MediaClock(time_fn=time, autostart=False)
+    )
+    reader = asyncio.ensure_future(session.run())
+    await settle()
+    events = session.events()
+    await asyncio.wait_for(session.hangup("bye"), 1)
+    info = await asyncio.wait_for(reader, 1)  # run() returns normally, it is not cancelled
+    assert info.reason == "hangup:bye" and info.initiator == "local"
+    assert tr.commands()[-1] == Hangup()
+    got = [e async for e in events]
+    assert isinstance(got[-1], CallEnded)
+
+
+async def test_odd_sized_16bit_frame_is_trimmed_everywhere(tmp_path: Path) -> None:
+    path = tmp_path / "odd.wav"
+    rig = Rig(MediaConfig(status_interval_s=0), fmt="slin", frame=320, recording_path=str(path))
+    await rig.start()
+    tone_frame = np.full(160, 1000, dtype="<i2").tobytes()
+    await rig.audio(b"\x01" * 321)
+    for _ in range(25):
+        await rig.audio(tone_frame)
+        rig.advance(20)
+    chunks = [await anext(rig.session.frames()) for _ in range(26)]
+    assert len(chunks[0]) == 320 and all(c == tone_frame for c in chunks[1:])
+    rig.transport.remote_close()
+    assert await rig.session.recording == path
+    with wave.open(str(path)) as w:
+        left = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)[:, 0]
+    assert int((left == 1000).sum()) == 160 * 25
+
+
+@pytest.mark.parametrize(
+    ("fmt", "size", "ptime"),
+    [("ulaw", 1_000_000, 20), ("ulaw", 8, 1), ("ulaw", 160, 40), ("slin16", 8000, 250)],
+)
+async def test_absurd_or_inconsistent_frame_sizes_are_refused(fmt: str, size: int, ptime: int) -> None:
+    time = VirtualTime()
+    from vr3ai.media.clock import MediaClock
+
+    with pytest.raises(MediaFormatError):
+        MediaSession(
+            FakeTransport(time),
+            media_start(fmt=fmt, frame=size, ptime=ptime),
+            clock=MediaClock(time_fn=time, autostart=False),
+        )
+
+
+async def test_ptime_zero_falls_back_to_frame_size() -> None:
+    time = VirtualTime()
+    from vr3ai.media.clock import MediaClock
+
+    s = MediaSession(
+        FakeTransport(time), media_start(frame=240, ptime=0), clock=MediaClock(time_fn=time, autostart=False)
+    )
+    assert s._frame_s == pytest.approx(0.03)
+
+
+async def test_get_status_fails_cleanly_when_the_session_ends() -> None:
+    from vr3ai.media.session import MediaSessionClosed
+
+    rig = Rig()
+    await rig.start()
+    pending = asyncio.ensure_future(rig.session.get_status(within_s=5))
+    await settle()
+    rig.transport.remote_close()
+    with pytest.raises(MediaSessionClosed):
+        await pending
+    with pytest.raises(MediaSessionClosed):
+        await rig.session.get_status()
+    with pytest.raises(TimeoutError):  # callers that only expect a timeout are served too
+        await rig.session.get_status()

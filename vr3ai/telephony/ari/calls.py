@@ -164,7 +164,13 @@ class Call:
             workflow = await self._route_inbound()
             await self._create_run(workflow)
             if self.channel.get("state") != "Up":
-                await conn.client.answer(self.channel_id)
+                try:
+                    await conn.client.answer(self.channel_id)
+                except AriError as e:
+                    # Usually the caller hung up a few ms after StasisStart (404/409/412).
+                    if e.status in (404, 409, 412) or self.caller_gone.done():
+                        raise CallFailed("caller hung up before the call was answered", status="completed") from None
+                    raise CallFailed(f"could not answer the call: {e.message} (HTTP {e.status})") from None
                 self._mark("answered")
             outcome = await self._converse(workflow)
         except CallFailed as e:
@@ -326,7 +332,10 @@ class Call:
             self.media_id, basic_auth=cfg.media_auth(), recording_path=conn.recording_path(self.run_id)
         )
         try:
-            await conn.client.create_bridge(self.bridge_id, name=f"vr3ai-{self.run_id[:8]}")
+            try:
+                await conn.client.create_bridge(self.bridge_id, name=f"vr3ai-{self.run_id[:8]}")
+            except AriError as e:
+                raise CallFailed(f"could not create the mixing bridge: {e.message} (HTTP {e.status})") from None
             self._mark("bridge_created")
             try:
                 await conn.client.external_media(
@@ -351,12 +360,20 @@ class Call:
         finally:
             if not media_future.done():
                 conn.services.media.cancel(self.media_id)
+            elif not media_future.cancelled():
+                exc = media_future.exception()  # retrieved, so asyncio does not log it as lost
+                if exc is None and self.session is None:
+                    # Connected, but the call failed before adopting it: close it here, since
+                    # teardown only knows adopted sessions.
+                    orphan = media_future.result()
+                    await orphan.close(1000, "call setup failed")
 
     async def _wait_media(self, media_future: asyncio.Future[Any]) -> None:
         stasis = asyncio.ensure_future(self.media_in_stasis.wait())
         deadline = time.monotonic() + MEDIA_CONNECT_TIMEOUT_S
         try:
             while not (media_future.done() and self.media_in_stasis.is_set()):
+                self._raise_if_media_refused(media_future)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise CallFailed(
@@ -378,10 +395,15 @@ class Call:
                     if gone.cause == 3:
                         raise CallFailed(await self.conn.media_unreachable_text())
                     raise CallFailed(f"media channel ended during setup: cause {gone.cause} {gone.cause_txt}")
-                if media_future.done() and media_future.exception() is not None:
-                    raise CallFailed(f"media connection refused: {media_future.exception()}")
+                self._raise_if_media_refused(media_future)
+            self._raise_if_media_refused(media_future)
         finally:
             stasis.cancel()
+
+    @staticmethod
+    def _raise_if_media_refused(media_future: asyncio.Future[Any]) -> None:
+        if media_future.done() and not media_future.cancelled() and media_future.exception() is not None:
+            raise CallFailed(f"media connection refused: {media_future.exception()}")
 
     async def _add_to_bridge(self) -> None:
         # Both channels must be in Stasis (the media channel's StasisStart was awaited); a 422 can
@@ -501,7 +523,10 @@ class Call:
         finally:
             if self.run_created and outcome is not None:
                 outcome.transcript = [line.as_dict() for line in self.report.transcript]
-                outcome.metrics = [*self.report.metrics, {"call_timings_ms": self.timings}]
+                outcome.metrics = [
+                    *self.report.metrics,
+                    {"call_timings_ms": self.timings, "node_path": list(self.report.node_path)},
+                ]
                 outcome.variables = dict(self.report.variables)
                 outcome.events = list(self.report.events)
                 outcome.recording_path = recording_path

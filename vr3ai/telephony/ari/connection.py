@@ -20,7 +20,7 @@ from vr3ai.core.runs import RunOutcome
 from vr3ai.db.models import TelephonyConfiguration, Workflow
 from vr3ai.telephony.ari.calls import OUTBOUND_MARK, AgentFactory, Call
 from vr3ai.telephony.ari.client import AriClient, AriError
-from vr3ai.telephony.ari.events import AriEventStream, ConnectionState
+from vr3ai.telephony.ari.events import AriEventStream, ConnectionState, sanitize_event
 
 if TYPE_CHECKING:
     from vr3ai.services import Services
@@ -136,13 +136,16 @@ class AriConnection:
         return str((path / f"{run_id}.wav").resolve())
 
     # --- event routing ----------------------------------------------------------------------------
-    def on_event(self, event: dict[str, Any]) -> None:
-        etype = event.get("type")
-        channel = event.get("channel") if isinstance(event.get("channel"), dict) else None
-        cid = channel.get("id") if channel else None
+    def on_event(self, raw: Any) -> None:
+        event = sanitize_event(raw)
+        if event is None:
+            return
+        etype = event["type"]
+        channel = event.get("channel")
+        cid = channel["id"] if channel else None
         if etype == "Dial":
-            peer = event.get("peer") or {}
-            call = self.calls.get(peer.get("id", "")) if isinstance(peer, dict) else None
+            peer = event.get("peer")
+            call = self.calls.get(peer["id"]) if peer else None
             if call is not None:
                 call.feed(event)
             return
@@ -162,7 +165,7 @@ class AriConnection:
 
     def _on_new_channel(self, event: dict[str, Any], channel: dict[str, Any]) -> None:
         cid = channel["id"]
-        args = event.get("args") or []
+        args = event["args"]
         if cid.startswith(("vr3m-", "vr3o-")) or (args and args[0] == OUTBOUND_MARK):
             # One of our own channels that no live call owns (left over from before a restart).
             log.warning("hanging up orphan channel", extra={"config_id": self.config.id, "channel_id": cid})
@@ -183,6 +186,14 @@ class AriConnection:
             if self.calls.get(cid) is call:
                 del self.calls[cid]
 
+    async def _best_effort(self, coro: Any) -> bool:
+        # One object that cannot be removed must not stop the cleanup of the others.
+        try:
+            return bool(await coro)
+        except AriError as e:
+            log.warning("reconcile step failed", extra={"config_id": self.config.id, "error": e.message})
+            return False
+
     def _spawn(self, coro: Any) -> None:
         # Keep a reference: the event loop only holds weak references to tasks.
         task = asyncio.create_task(coro)
@@ -196,13 +207,20 @@ class AriConnection:
             pass
 
     # --- outbound ---------------------------------------------------------------------------------
-    def start_outbound(self, run_id: str, workflow: Workflow, endpoint: str, caller_id: str | None) -> Call:
+    def prepare_outbound(self, run_id: str) -> Call:
+        """Register an outbound call before its run row exists: reconcile then knows the run is live,
+        and events for the channel (which may beat the originate's REST reply) find their owner."""
         call = Call(self, direction="outbound", run_id=run_id)
-        call.channel_id = f"vr3o-{self.tag}-{run_id.replace('-', '')[:20]}"
+        call.channel_id = self.outbound_channel_id(run_id)
         call.channel = {"id": call.channel_id}
-        self._register(call)  # before the POST: events for the channel may beat the REST reply
-        call.task = asyncio.create_task(call.run_outbound(workflow, endpoint, caller_id), name=f"call-{call.run_id}")
+        self._register(call)
         return call
+
+    def outbound_channel_id(self, run_id: str) -> str:
+        return f"vr3o-{self.tag}-{run_id.replace('-', '')[:20]}"
+
+    def start_outbound(self, call: Call, workflow: Workflow, endpoint: str, caller_id: str | None) -> None:
+        call.task = asyncio.create_task(call.run_outbound(workflow, endpoint, caller_id), name=f"call-{call.run_id}")
 
     # --- reconcile --------------------------------------------------------------------------------
     async def reconcile(self) -> None:
@@ -220,14 +238,12 @@ class AriConnection:
             in_our_app = dialplan.get("app_name") == "Stasis" and str(dialplan.get("app_data", "")).split(",")[0] == app
             ours = cid.startswith((f"vr3m-{self.tag}-", f"vr3o-{self.tag}-")) or in_our_app
             if ours and cid not in live_channels:
-                if await self.client.hangup(cid):
-                    removed_channels += 1
+                removed_channels += int(await self._best_effort(self.client.hangup(cid)))
         removed_bridges = 0
         for bridge in await self.client.bridges():
             bid = bridge.get("id", "")
             if bid.startswith(f"vr3b-{self.tag}-") and bid not in live_bridges:
-                if await self.client.delete_bridge(bid):
-                    removed_bridges += 1
+                removed_bridges += int(await self._best_effort(self.client.delete_bridge(bid)))
         # Live calls whose channels vanished while we were disconnected (e.g. Asterisk restarted).
         lost_calls = 0
         for call in list(self.live):

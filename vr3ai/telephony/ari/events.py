@@ -46,6 +46,50 @@ STABLE_AFTER_S = 30.0
 REQUIRED_MODULES = ("chan_websocket.so", "res_websocket_client.so")
 
 
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _channel(value: Any) -> dict[str, Any] | None:
+    if not isinstance(value, dict) or not isinstance(value.get("id"), str) or not value["id"]:
+        return None
+    dialplan = value.get("dialplan") if isinstance(value.get("dialplan"), dict) else {}
+    caller = value.get("caller") if isinstance(value.get("caller"), dict) else {}
+    return {
+        **value,
+        "state": _str(value.get("state")),
+        "dialplan": {
+            "context": _str(dialplan.get("context")),
+            "exten": _str(dialplan.get("exten")),
+            "app_name": _str(dialplan.get("app_name")),
+            "app_data": _str(dialplan.get("app_data")),
+        },
+        "caller": {"name": _str(caller.get("name")), "number": _str(caller.get("number"))},
+    }
+
+
+def sanitize_event(raw: Any) -> dict[str, Any] | None:
+    """The fields of an ARI event that call handling reads, with the types it relies on.
+
+    Asterisk sends well-formed events, but a proxy, a version change or a bug must never crash the
+    listener or a call: everything downstream of this function can trust the shapes below, and an
+    event without a usable ``type`` is dropped. Unknown fields pass through untouched."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+        return None
+    event: dict[str, Any] = dict(raw)
+    for key in ("channel", "peer", "replace_channel"):
+        if key in event:
+            event[key] = _channel(event[key])
+    args = event.get("args")
+    event["args"] = [a for a in args if isinstance(a, str)] if isinstance(args, list) else []
+    cause = event.get("cause")
+    event["cause"] = cause if isinstance(cause, int) and not isinstance(cause, bool) else None
+    event["cause_txt"] = _str(event.get("cause_txt"))
+    event["dialstatus"] = _str(event.get("dialstatus"))
+    event["soft"] = event.get("soft") is True
+    return event
+
+
 class ConnectionState:
     CONNECTING = "connecting"
     CONNECTED = "connected"
@@ -195,11 +239,11 @@ class AriEventStream:
         """Read events until the socket closes. Returns True if we were replaced."""
         async for raw in ws:
             try:
-                event = json.loads(raw)
-            except (TypeError, ValueError):
-                log.warning("ignoring non-JSON ARI event", extra={"config_id": self.config_id})
-                continue
-            if not isinstance(event, dict):
+                event = sanitize_event(json.loads(raw))
+            except (TypeError, ValueError, RecursionError):
+                event = None
+            if event is None:
+                log.warning("ignoring malformed ARI event", extra={"config_id": self.config_id})
                 continue
             if event.get("type") == "ApplicationReplaced":
                 self._set_state(
