@@ -7,11 +7,12 @@ Every method waits through Playwright's auto-waiting locators, so no fixed sleep
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from playwright.async_api import Browser, BrowserContext, Page, expect
+from playwright.async_api import Browser, BrowserContext, Locator, Page, expect
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
@@ -40,9 +41,19 @@ async def new_context(browser: Browser, base_url: str, *, phone: bool = False) -
 
 
 async def screenshot(page: Page, name: str, *, full_page: bool = True) -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
+    # ``name`` may contain a sub-folder ("real-asterisk/desktop-01-…").
+    path.parent.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(path), full_page=full_page)
+    return path
+
+
+async def screenshot_of(locator: Locator, name: str) -> Path:
+    """One element (a card) only: the long configuration page would bury it in a full-page shot."""
+    path = SCREENSHOTS / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    await locator.scroll_into_view_if_needed()
+    await locator.screenshot(path=str(path))
     return path
 
 
@@ -119,6 +130,20 @@ class Dashboard:
         assert m, page.url
         return m.group(1)
 
+    async def open_latest_run(self, timeout_ms: float = 30_000) -> RunPage:
+        """/runs, reloaded until a run is listed (the list does not refresh itself), then the newest."""
+        page = self.page
+        rows = page.locator("table.runs tr[data-run]")
+        await page.goto("/runs")
+        deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
+        while await rows.count() == 0:
+            assert asyncio.get_running_loop().time() < deadline, "no run appeared on /runs"
+            await asyncio.sleep(0.25)
+            await page.reload()
+        await rows.first.get_by_role("link").first.click()
+        await page.wait_for_url(re.compile(r"/runs/[0-9a-f-]{36}$"))
+        return RunPage(page)
+
 
 class ConfigurationPage:
     def __init__(self, page: Page) -> None:
@@ -136,6 +161,32 @@ class ConfigurationPage:
     async def wait_for_state(self, label: str, timeout_ms: float = 30_000) -> None:
         """Wait until the live badge shows ``label`` ("Connected", "Retrying", "Replaced", ...)."""
         await expect(self.state_badge()).to_have_text(label, timeout=timeout_ms)
+
+    def state_error(self) -> Locator:
+        return self.page.locator("#connection [data-role=state-error]")
+
+    async def edit(self, **fields: str) -> None:
+        """Edit → change the given fields (AriFields names: ``app_password``, ``websocket_client_name``,
+        ...) → Save Configuration; back on the configuration's page."""
+        page = self.page
+        config_id = self.config_id
+        await page.get_by_role("link", name="Edit", exact=True).click()
+        labels = {
+            "ari_endpoint_url": "ARI Endpoint URL",
+            "stasis_app_name": "Stasis App Name",
+            "app_password": "App Password",
+            "websocket_client_name": "WebSocket Client Name",
+            "from_extensions": "From Extensions",
+        }
+        for key, value in fields.items():
+            await page.get_by_label(labels[key]).fill(value)
+        await page.get_by_role("button", name="Save Configuration").click()
+        await expect(page.get_by_role("status")).to_contain_text("Configuration saved")
+        await expect(page).to_have_url(re.compile(rf"/telephony-configurations/{config_id}$"))
+
+    def check(self, key: str) -> Locator:
+        """One diagnostics result (``credentials``, ``ws_client_name``, ...) after run_diagnostics()."""
+        return self.page.locator(f"#diagnostics li.check[data-check='{key}']")
 
     async def add_phone_number(self, extension: str, workflow_name: str | None) -> None:
         """The guide's Phone numbers section: add the extension, set its Inbound workflow, save."""

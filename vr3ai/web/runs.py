@@ -58,6 +58,35 @@ async def list_page(
     )
 
 
+def _split_metrics(metrics: list[Any]) -> tuple[list[Any], list[tuple[str, str]]]:
+    """Per-turn rows for the latency table, and the call-level summary as (label, text) pairs.
+
+    The ARI call handler appends one entry per call (``call_timings_ms`` dict, ``node_path``
+    list) after the agent's turns; as a table row its nested values squeezed into one narrow cell
+    and stretched the row. Any entry holding a dict or list is such a summary, whatever its keys."""
+    turns: list[Any] = []
+    summary: list[tuple[str, str]] = []
+    for m in metrics:
+        if not (isinstance(m, dict) and any(isinstance(v, (dict, list)) for v in m.values())):
+            turns.append(m)
+            continue
+        for key, value in m.items():
+            label = key.removesuffix("_ms").replace("_", " ").capitalize()
+            unit = " ms" if key.endswith("_ms") else ""
+            if isinstance(value, dict):
+                text = " · ".join(f"{k.replace('_', ' ')} {_metric_text(v)}{unit}" for k, v in value.items())
+            elif isinstance(value, list):
+                text = " → ".join(str(v) for v in value)
+            else:
+                text = f"{_metric_text(value)}{unit}"
+            summary.append((label, text))
+    return turns, summary
+
+
+def _metric_text(value: Any) -> str:
+    return f"{value:.0f}" if isinstance(value, float) else str(value)
+
+
 def _metric_columns(metrics: list[Any]) -> list[str]:
     seen: list[str] = []
     for m in metrics:
@@ -82,7 +111,7 @@ async def detail_page(request: Request, run_id: str, viewer: ViewerDep, svc: Ser
             if run.telephony_configuration_id
             else None
         )
-    metrics = list(run.metrics or [])
+    metrics, call_summary = _split_metrics(list(run.metrics or []))
     dict_metrics = all(isinstance(m, dict) for m in metrics)
     events = [e for e in run.events or []]
     return render(
@@ -95,6 +124,7 @@ async def detail_page(request: Request, run_id: str, viewer: ViewerDep, svc: Ser
             "final": run.status in FINAL_STATUSES,
             "transcript": [t.model_dump() for t in run.transcript],
             "metrics": metrics,
+            "call_summary": call_summary,
             "metric_columns": _metric_columns(metrics) if dict_metrics else [],
             "events": events,
             "problems": [e for e in events if isinstance(e, dict) and e.get("level") in ("warning", "error")],

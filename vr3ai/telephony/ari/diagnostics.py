@@ -193,7 +193,20 @@ async def run_diagnostics(
                 "ws_client_name",
             )
         )
-        checks.append(await _check_ws_client_uri(services, client, row, authenticated))
+        if name_known is not None and name_known.ok is False:
+            # Without a section of that name there is no uri to compare; saying "compare it by
+            # hand" here would send the operator to the wrong file section.
+            checks.append(
+                Check(
+                    "websocket_client.conf URI points to VR3 AI",
+                    None,
+                    "not checked: Asterisk does not know this WebSocket Client Name (see above)",
+                    "",
+                    "ws_client_uri",
+                )
+            )
+        else:
+            checks.append(await _check_ws_client_uri(services, client, row, authenticated))
         checks.append(
             await _check_media(
                 services, client, row, enabled=media_probe and modules_ok and bool(name_known and name_known.ok)
