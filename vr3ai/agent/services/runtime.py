@@ -1,0 +1,187 @@
+"""``VoiceRuntime``: the process-wide voice models and workers, loaded once, shared by all calls.
+
+Per-call model loading was most of the 0.8 s call setup of the reference's default pipecat
+agent. Here everything heavy lives in one object per process:
+
+* the Silero VAD session (``SileroModel``; per-call state lives in each call's ``SileroVad``),
+* the Whisper tiny.en model and its thread pool (``WhisperSTT``),
+* the Piper worker process(es) (``PiperTTS``), or flite when Piper is not installed,
+* the fixed-text audio cache (``TtsCache``, memory + optional disk under the data dir).
+
+``await runtime.start()`` preloads all of it (the app calls it at startup so the first call does
+not pay ~2-4 s of loading); calls made before that trigger the same loading lazily.
+``await runtime.close()`` stops the TTS workers and the STT pool. Cloud services are not here:
+they are per call (they carry an organization's key) and cost nothing to build.
+
+Two STT workers (CTranslate2 ``inter_threads``, 2 threads each) and two Piper processes by
+default: with one of each, a long transcription or sentence of one call blocks every other call
+behind it (head-of-line blocking); with two, 8 concurrent calls under load had half the p50
+voice-to-voice (2.1 s vs 4.7 s on heavily shared cores) for +27 MB (STT) and +~180 MB (a Piper
+process) of RSS. A single call still gets both threads of an idle STT worker.
+
+Environment knobs (all optional): ``VR3AI_STT_THREADS`` (2), ``VR3AI_STT_WORKERS`` (2),
+``VR3AI_TTS_WORKERS`` (2), ``VR3AI_TTS_THREADS`` (1), ``VR3AI_TTS_ENGINE`` (``piper`` if
+installed else ``flite``), ``VR3AI_TTS_CACHE_DIR`` (disk cache; default: memory only), and
+``VR3AI_DATA_DIR`` (the disk cache goes to ``<data dir>/tts-cache`` when set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from vr3ai.agent.services.base import TextToSpeech
+from vr3ai.agent.services.cache import TtsCache
+from vr3ai.agent.services.flite import FliteTTS
+from vr3ai.agent.services.piper import PiperTTS, piper_available
+from vr3ai.agent.services.vad import SileroModel
+from vr3ai.agent.services.whisper import WhisperSTT
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+@dataclass
+class RuntimeConfig:
+    stt_threads: int = field(default_factory=lambda: _env_int("VR3AI_STT_THREADS", 2))
+    stt_workers: int = field(default_factory=lambda: _env_int("VR3AI_STT_WORKERS", 2))
+    tts_workers: int = field(default_factory=lambda: _env_int("VR3AI_TTS_WORKERS", 2))
+    tts_threads: int = field(default_factory=lambda: _env_int("VR3AI_TTS_THREADS", 1))
+    tts_engine: str = field(default_factory=lambda: os.environ.get("VR3AI_TTS_ENGINE", ""))
+    flite_voice: str = "slt"
+    cache_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.cache_dir is None:
+            d = os.environ.get("VR3AI_TTS_CACHE_DIR")
+            data = os.environ.get("VR3AI_DATA_DIR")
+            if d:
+                self.cache_dir = Path(d)
+            elif data:
+                self.cache_dir = Path(data) / "tts-cache"
+        if not self.tts_engine:
+            self.tts_engine = "piper" if piper_available() else "flite"
+
+
+class VoiceRuntime:
+    _shared: ClassVar[VoiceRuntime | None] = None
+    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, config: RuntimeConfig | None = None) -> None:
+        self.config = config or RuntimeConfig()
+        self.cache = TtsCache(self.config.cache_dir)
+        self.stt = WhisperSTT(cpu_threads=self.config.stt_threads, workers=self.config.stt_workers)
+        self._piper: PiperTTS | None = None
+        self._flite: dict[str, FliteTTS] = {}
+        self._vad: SileroModel | None = None
+        self._start_lock: asyncio.Lock | None = None
+        self._started = False
+        self.start_ms: dict[str, int] = {}
+
+    # ---------------------------------------------------------------- process-wide instance
+    @classmethod
+    def shared(cls) -> VoiceRuntime:
+        with cls._shared_lock:
+            if cls._shared is None:
+                cls._shared = VoiceRuntime()
+            return cls._shared
+
+    @classmethod
+    def set_shared(cls, runtime: VoiceRuntime | None) -> None:
+        with cls._shared_lock:
+            cls._shared = runtime
+
+    # ---------------------------------------------------------------- components
+    @property
+    def vad_model(self) -> SileroModel:
+        if self._vad is None:
+            self._vad = SileroModel.shared()
+        return self._vad
+
+    @property
+    def default_tts_engine(self) -> str:
+        return self.config.tts_engine
+
+    def local_tts(self, engine: str | None = None, voice: str | None = None) -> TextToSpeech:
+        """The shared offline TTS: ``piper`` (if installed), else ``flite``."""
+        engine = engine or self.config.tts_engine
+        if engine == "piper" and piper_available():
+            if self._piper is None:
+                self._piper = PiperTTS(workers=self.config.tts_workers, threads=self.config.tts_threads)
+            return self._piper
+        v = voice if voice in ("slt", "kal", "kal16", "awb", "rms") else self.config.flite_voice
+        if v not in self._flite:
+            self._flite[v] = FliteTTS(v)
+        return self._flite[v]
+
+    def fallback_tts(self) -> TextToSpeech:
+        return self.local_tts("flite")
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self, stt: bool = True, tts: bool = True) -> None:
+        """Preload the VAD, Whisper and the TTS worker. Safe to call many times, concurrently."""
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            t0 = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            if self._vad is None:
+                await loop.run_in_executor(None, lambda: self.vad_model)
+                self.start_ms["vad"] = int((time.perf_counter() - t0) * 1000)
+            jobs = []
+            if stt:
+                jobs.append(self._timed("stt", self.stt.start()))
+            if tts:
+                jobs.append(self._timed("tts", self.local_tts().start()))
+            await asyncio.gather(*jobs)
+            self._started = True
+
+    async def _timed(self, name: str, coro: Any) -> None:
+        t0 = time.perf_counter()
+        await coro
+        self.start_ms.setdefault(name, int((time.perf_counter() - t0) * 1000))
+
+    async def ensure_started(self, tts_engine: str | None = None) -> None:
+        if not self._started:
+            await self.start()
+        if tts_engine:
+            await self.local_tts(tts_engine).start()
+
+    async def close(self) -> None:
+        if self._piper is not None:
+            with contextlib.suppress(Exception):
+                await self._piper.close()
+        await self.stt.close()
+        self._started = False
+
+    def stats(self) -> dict[str, Any]:
+        """RSS of this process and of the TTS workers (MB), for benchmarks and diagnostics."""
+        out: dict[str, Any] = {
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "cache_hits": self.cache.hits,
+            "cache_misses": self.cache.misses,
+        }
+        with contextlib.suppress(OSError):
+            out["rss_mb"] = _rss_mb(os.getpid())
+        if self._piper is not None:
+            out["tts_worker_rss_mb"] = [_rss_mb(pid) for pid in self._piper.worker_pids]
+        return out
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
