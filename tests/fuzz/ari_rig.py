@@ -183,6 +183,8 @@ class AriRig:
         self.config_id = config_id
         self.agent_rng = agent_rng
         self.agent_modes: Counter[str] = Counter()
+        self.force_agent_mode: str | None = None
+        """Regression tests that depend on who ends the call pin the agent's behaviour."""
         self.ledger = Ledger()
         self.problems: list[Problem] = []
         self.all_calls: list[Call] = []
@@ -273,7 +275,9 @@ class AriRig:
         holder: dict[str, AriRig] = {}
 
         def agent_factory(ctx: CallContext) -> Agent:
-            mode = agent_rng.choices(["listen", "quick", "hangup", "frames", "raise"], [6, 2, 2, 1, 1])[0]
+            mode = holder["rig"].force_agent_mode or agent_rng.choices(
+                ["listen", "quick", "hangup", "frames", "raise"], [6, 2, 2, 1, 1]
+            )[0]
             holder["rig"].agent_modes[mode] += 1
             return TrivialAgent(mode)
 

@@ -650,6 +650,7 @@ async def test_media_stasis_start_but_socket_never_connects(rig: AriRig) -> None
 
 async def test_late_and_duplicate_events_after_teardown_create_nothing(rig: AriRig) -> None:
     g = Gen(random.Random(5))
+    rig.force_agent_mode = "listen"  # the caller, not the agent, ends this call
     cid, call = await start_inbound(rig, g, state="Up")
     await until_media_expected(rig, call)
     rig.feed(g.stasis_start(call.media_id, media=True))

@@ -159,5 +159,6 @@ class TelephonyManager:
         except BaseException:
             conn.forget(call)
             raise
+        call.context = context
         conn.start_outbound(call, workflow, endpoint, caller_id)
         return run_id

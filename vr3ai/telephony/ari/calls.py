@@ -106,6 +106,8 @@ class Call:
         self.media_gone: asyncio.Future[ChannelGone] = asyncio.get_running_loop().create_future()
         self.dial_status = ""
         self.asterisk_shutdown = False
+        self.context: dict[str, Any] = {}
+        """The run's context, kept in memory so the agent starts without another database read."""
         self.end_requested: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
         self.task: asyncio.Task[None] | None = None
         self.organization_id = conn.config.organization_id
@@ -233,6 +235,7 @@ class Call:
         caller = str((self.channel.get("caller") or {}).get("number", ""))
         called = str((self.channel.get("dialplan") or {}).get("exten", ""))
         context = self._context(caller, called)
+        self.context = context
         try:
             await conn.services.runs.create(
                 run_id=self.run_id,
@@ -355,8 +358,16 @@ class Call:
             self._mark("media_connected")
             await self._add_to_bridge()
             self._mark("bridged")
-            await conn.services.runs.mark_running(self.run_id)
-            return await self._run_agent(workflow)
+            # Off the critical path: the greeting must not wait for a database write (under a burst
+            # of calls SQLite commits queue up for hundreds of milliseconds).
+            running = asyncio.create_task(conn.services.runs.mark_running(self.run_id))
+            try:
+                return await self._run_agent(workflow)
+            finally:
+                try:
+                    await running
+                except Exception:
+                    log.exception("could not mark the run running", extra=self._log_extra())
         finally:
             if not media_future.done():
                 conn.services.media.cancel(self.media_id)
@@ -427,7 +438,7 @@ class Call:
             organization_id=workflow.organization_id,
             workflow_id=workflow.id,
             workflow_definition=workflow.definition,
-            variables=dict(await self._run_context()),
+            variables=dict(self.context),
             secrets=await self._secrets(workflow),
         )
         agent = conn.agent_factory(ctx)
@@ -467,10 +478,6 @@ class Call:
             except (TimeoutError, Exception):
                 agent_task.cancel()
         return RunOutcome(status=status, end_reason=reason)
-
-    async def _run_context(self) -> dict[str, Any]:
-        run = await self.conn.services.runs.get(self.run_id)
-        return dict(run.context) if run is not None else {}
 
     async def _secrets(self, workflow: Workflow) -> dict[str, str]:
         names = _secret_names(workflow.definition.get("settings") if isinstance(workflow.definition, dict) else None)
