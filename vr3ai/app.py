@@ -74,12 +74,16 @@ def create_app(
         factory = agent_factory or _load_factory(settings.agent_factory)
         voice: Any = None
         if factory is None and settings.voice:
-            from vr3ai.agent.factory import VoiceRuntime
+            from functools import partial
 
-            voice = VoiceRuntime(data_dir=settings.data_dir)
+            from vr3ai.agent.factory import RuntimeConfig, VoiceRuntime, build_agent
+
+            # Models load once per process, here, not per call.
+            voice = VoiceRuntime(RuntimeConfig(cache_dir=settings.data_dir / "tts-cache"))
+            VoiceRuntime.set_shared(voice)
             await voice.start()
             svc.voice = voice
-            factory = voice.build_agent
+            factory = partial(build_agent, runtime=voice)
         if settings.start_telephony:
             from vr3ai.telephony.manager import TelephonyManager
 
@@ -94,7 +98,7 @@ def create_app(
                 await svc.telephony.stop()
                 svc.telephony = None
             if voice is not None:
-                await voice.stop()
+                await voice.close()
             await svc.db.dispose()
 
     app = FastAPI(title="VR3 AI", version="0.1.0", lifespan=lifespan, docs_url="/docs", openapi_url="/openapi.json")
