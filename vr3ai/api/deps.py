@@ -43,9 +43,17 @@ OrgDep = Annotated[Organization, Depends(current_org)]
 M = TypeVar("M")
 
 
+def matches_nothing(value: str) -> bool:
+    """True for an id or name from a URL that no stored row can have. PostgreSQL refuses to even
+    compare text containing NUL (a 500), so such lookups must not reach the database."""
+    return "\x00" in value
+
+
 async def get_owned(session: AsyncSession, model: type[M], object_id: str, org_id: str, what: str) -> M:
     """The object if it belongs to ``org_id``; otherwise 404, the same answer as for an id that never
     existed, so ids from other organizations cannot be probed."""
+    if matches_nothing(object_id):
+        raise HTTPException(404, f"{what} not found")
     row = await session.scalar(
         select(model).where(model.id == object_id, model.organization_id == org_id)  # type: ignore[attr-defined]
     )

@@ -14,9 +14,11 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.dependencies.utils import get_flat_params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 # pydantic prefixes messages of validators that raise ValueError; the field name already says
@@ -98,10 +100,55 @@ def http_response(exc: StarletteHTTPException) -> Response:
     return JSONResponse({"message": message, "detail": detail}, status_code=exc.status_code, headers=headers)
 
 
+class ErrorOut(BaseModel):
+    """The body of every error response but 422."""
+
+    message: str
+    detail: Any
+    """The same sentence as ``message`` for the API's own errors."""
+
+
+class FieldErrorOut(BaseModel):
+    type: str
+    loc: list[str | int]
+    """Where the problem is, like ``["body", "definition", "edges", 1, "to"]``."""
+    msg: str
+
+
+class ValidationErrorOut(BaseModel):
+    """The body of a 422: one summary sentence, and one item per field in error."""
+
+    message: str
+    detail: list[FieldErrorOut]
+
+
+def error_response(description: str, model: type[BaseModel] = ErrorOut) -> dict[str, Any]:
+    """An OpenAPI ``responses`` entry for an error status, for routes to list the ones they raise."""
+    return {"model": model, "description": description}
+
+
 class ApiRoute(APIRoute):
     """Formats the API's errors at the route itself, so the shape does not depend on handlers being
     installed on whichever app mounts ``api_router`` (the dashboard calls the route functions
-    directly and still sees the raw exceptions)."""
+    directly and still sees the raw exceptions).
+
+    It also documents the errors every route can answer with (401; 404 for a path id; 400 and 422
+    for request data), so the OpenAPI document lists each status a client can actually get and the
+    real shape of its body; routes add their own (409, 429, ...) with ``responses=``."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        common: dict[int | str, dict[str, Any]] = {
+            401: error_response("Missing, invalid or revoked API key."),
+        }
+        if self.param_convertors:
+            common[404] = error_response("No such object in your organization.")
+        if self.body_field is not None:
+            common[400] = error_response("The request body could not be decoded.")
+        if self.body_field is not None or get_flat_params(self.dependant):
+            # Replaces FastAPI's default 422 entry, which describes a body shape we do not send.
+            common[422] = error_response("Invalid request data; `detail` names each field.", ValidationErrorOut)
+        self.responses = {**common, **self.responses}
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
-from vr3ai.api.deps import OrgDep, ServicesDep, Timestamp, get_owned
+from vr3ai.api.deps import OrgDep, ServicesDep, Timestamp, get_owned, matches_nothing
 from vr3ai.api.errors import ApiRoute
 from vr3ai.db.models import WorkflowRun
 
@@ -74,9 +74,12 @@ async def list_runs(
     workflow_id: str | None = None,
     status: RunStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    # Bounded by what SQL can take (64-bit): a larger offset used to be a 500 from the driver.
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
 ) -> RunList:
     """Newest first."""
+    if workflow_id is not None and matches_nothing(workflow_id):
+        return RunList(items=[], limit=limit, offset=offset)
     q = select(WorkflowRun).where(WorkflowRun.organization_id == org.id)
     if workflow_id is not None:
         q = q.where(WorkflowRun.workflow_id == workflow_id)

@@ -10,15 +10,15 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from vr3ai.api.deps import OrgDep, ServicesDep, Timestamp
+from vr3ai.api.deps import OrgDep, ServicesDep, Timestamp, matches_nothing
 from vr3ai.api.errors import ApiRoute
-from vr3ai.api.validation import SecretName, SecretValue
+from vr3ai.api.validation import RequestBody, SecretName, SecretValue
 from vr3ai.db.models import OrganizationSecret
 
 router = APIRouter(tags=["secrets"], route_class=ApiRoute)
 
 
-class SecretIn(BaseModel):
+class SecretIn(RequestBody):
     model_config = ConfigDict(extra="forbid")
     name: SecretName
     value: SecretValue
@@ -34,7 +34,12 @@ class SecretList(BaseModel):
     items: list[SecretOut]
 
 
-@router.post("/secrets", response_model=SecretOut, status_code=201)
+@router.post(
+    "/secrets",
+    response_model=SecretOut,
+    status_code=201,
+    responses={200: {"model": SecretOut, "description": "A secret of that name existed; its value was replaced."}},
+)
 async def put_secret(body: SecretIn, org: OrgDep, svc: ServicesDep, response: Response) -> OrganizationSecret:
     """Create the secret, or replace its value if the name exists (200 then)."""
     encrypted = svc.box.encrypt(body.value)
@@ -77,6 +82,8 @@ async def list_secrets(org: OrgDep, svc: ServicesDep) -> SecretList:
 
 @router.delete("/secrets/{name}", status_code=204)
 async def delete_secret(name: str, org: OrgDep, svc: ServicesDep) -> Response:
+    if matches_nothing(name):
+        raise HTTPException(404, "secret not found")
     async with svc.db.session() as s, s.begin():
         res = await s.execute(
             delete(OrganizationSecret).where(

@@ -24,8 +24,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vr3ai.api.deps import OrgDep, ServicesDep, Timestamp, get_owned, non_null
-from vr3ai.api.errors import ApiRoute, field_error, field_errors
+from vr3ai.api.deps import OrgDep, ServicesDep, Timestamp, get_owned, matches_nothing, non_null
+from vr3ai.api.errors import ApiRoute, error_response, field_error, field_errors
 from vr3ai.api.validation import (
     Address,
     DialTemplate,
@@ -35,6 +35,7 @@ from vr3ai.api.validation import (
     MediaUsername,
     Password,
     Provider,
+    RequestBody,
     check_unique,
 )
 from vr3ai.core.endpoints import normalize_ari_endpoint
@@ -43,12 +44,14 @@ from vr3ai.services import Services
 
 log = logging.getLogger("vr3ai.api.telephony")
 router = APIRouter(tags=["telephony"], route_class=ApiRoute)
+_APP_TAKEN = {409: error_response("The Stasis app is already used on this Asterisk.")}
+_NUMBER_TAKEN = {409: error_response("The extension is already registered on this configuration.")}
 
 EndpointUrl = Annotated[str, AfterValidator(lambda v: normalize_ari_endpoint(v).url)]
 FromExtensions = Annotated[list[FromExtension], Field(max_length=100), AfterValidator(check_unique)]
 
 
-class ConfigCreate(BaseModel):
+class ConfigCreate(RequestBody):
     model_config = ConfigDict(extra="forbid")
     name: DisplayName
     provider: Provider = "ari"
@@ -63,7 +66,7 @@ class ConfigCreate(BaseModel):
     enabled: bool = True
 
 
-class ConfigPatch(BaseModel):
+class ConfigPatch(RequestBody):
     model_config = ConfigDict(extra="forbid")
     name: DisplayName | None = None
     provider: Provider | None = None
@@ -131,13 +134,13 @@ class ConfigList(BaseModel):
     items: list[ConfigOut]
 
 
-class NumberCreate(BaseModel):
+class NumberCreate(RequestBody):
     model_config = ConfigDict(extra="forbid")
     address: Address = Field(description="The SIP extension callers dial, e.g. 8000.")
     inbound_workflow_id: str | None = None
 
 
-class NumberPatch(BaseModel):
+class NumberPatch(RequestBody):
     model_config = ConfigDict(extra="forbid")
     address: Address | None = None
     inbound_workflow_id: str | None = None
@@ -210,7 +213,7 @@ async def _notify(svc: Services, config_id: str, *, deleted: bool = False) -> No
         log.exception("telephony manager failed to apply configuration change", extra={"config_id": config_id})
 
 
-@router.post("/telephony-configurations", response_model=ConfigOut, status_code=201)
+@router.post("/telephony-configurations", response_model=ConfigOut, status_code=201, responses=_APP_TAKEN)
 async def create_configuration(body: ConfigCreate, org: OrgDep, svc: ServicesDep) -> ConfigOut:
     _check_media_pair(body.media_username, body.media_password is not None)
     endpoint = normalize_ari_endpoint(body.ari_endpoint_url)
@@ -260,7 +263,7 @@ async def get_configuration(config_id: str, org: OrgDep, svc: ServicesDep) -> Co
         return ConfigOut.of(await get_owned(s, TelephonyConfiguration, config_id, org.id, "telephony configuration"))
 
 
-@router.patch("/telephony-configurations/{config_id}", response_model=ConfigOut)
+@router.patch("/telephony-configurations/{config_id}", response_model=ConfigOut, responses=_APP_TAKEN)
 async def update_configuration(config_id: str, body: ConfigPatch, org: OrgDep, svc: ServicesDep) -> ConfigOut:
     fields = body.model_fields_set
     if bad := non_null(fields, body.model_dump(), _REQUIRED):
@@ -354,7 +357,12 @@ async def _check_address_free(s: AsyncSession, config_id: str, address: str, exc
         raise _number_conflict(address)
 
 
-@router.post("/telephony-configurations/{config_id}/phone-numbers", response_model=NumberOut, status_code=201)
+@router.post(
+    "/telephony-configurations/{config_id}/phone-numbers",
+    response_model=NumberOut,
+    status_code=201,
+    responses=_NUMBER_TAKEN,
+)
 async def create_number(config_id: str, body: NumberCreate, org: OrgDep, svc: ServicesDep) -> PhoneNumber:
     async with svc.db.session() as s:
         await get_owned(s, TelephonyConfiguration, config_id, org.id, "telephony configuration")
@@ -390,6 +398,8 @@ async def list_numbers(config_id: str, org: OrgDep, svc: ServicesDep) -> NumberL
 
 async def _owned_number(s: AsyncSession, org: Organization, config_id: str, number_id: str) -> PhoneNumber:
     await get_owned(s, TelephonyConfiguration, config_id, org.id, "telephony configuration")
+    if matches_nothing(number_id):
+        raise HTTPException(404, "phone number not found")
     number = await s.scalar(
         select(PhoneNumber).where(
             PhoneNumber.id == number_id,
@@ -408,7 +418,11 @@ async def get_number(config_id: str, number_id: str, org: OrgDep, svc: ServicesD
         return await _owned_number(s, org, config_id, number_id)
 
 
-@router.patch("/telephony-configurations/{config_id}/phone-numbers/{number_id}", response_model=NumberOut)
+@router.patch(
+    "/telephony-configurations/{config_id}/phone-numbers/{number_id}",
+    response_model=NumberOut,
+    responses=_NUMBER_TAKEN,
+)
 async def update_number(
     config_id: str, number_id: str, body: NumberPatch, org: OrgDep, svc: ServicesDep
 ) -> PhoneNumber:

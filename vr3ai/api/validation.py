@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel, field_validator
 
 PROVIDERS = ("ari",)
 """Telephony providers this build can drive. Only Asterisk ARI for now."""
@@ -159,6 +159,42 @@ DialTo = Annotated[str, AfterValidator(_dial_to)]
 SecretName = Annotated[str, AfterValidator(_secret_name)]
 SecretValue = Annotated[str, AfterValidator(_secret_value)]
 Provider = Annotated[str, AfterValidator(_provider)]
+
+
+def _unstorable(value: Any, where: str = "") -> str | None:
+    """Why ``value`` (or a string anywhere inside it) cannot be stored, or None."""
+    if isinstance(value, str):
+        at = f" (at {where})" if where else ""
+        if "\x00" in value:
+            return f"must not contain NUL characters{at}"
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return f"must be valid Unicode: unpaired surrogate escape{at}"
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            problem = _unstorable(k, where) or _unstorable(v, f"{where}.{k}" if where else str(k))
+            if problem:
+                return problem
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            if problem := _unstorable(v, f"{where}[{i}]"):
+                return problem
+    return None
+
+
+class RequestBody(BaseModel):
+    """Base of the request bodies: refuses text no storage can take, wherever it is in the body.
+    JSON can carry both, and they used to surface as 500s: an unpaired surrogate (``"\\ud800"``)
+    cannot be encoded as UTF-8 at all, and PostgreSQL text columns reject NUL."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _storable_text(cls, value: Any) -> Any:
+        if problem := _unstorable(value):
+            raise ValueError(problem)
+        return value
 
 
 def check_unique(values: list[str]) -> list[str]:

@@ -10,21 +10,21 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
 from vr3ai.api.deps import OrgDep, ServicesDep, Timestamp, get_owned, non_null
-from vr3ai.api.errors import ApiRoute, field_errors
-from vr3ai.api.validation import DialTo, DisplayName
+from vr3ai.api.errors import ApiRoute, error_response, field_errors
+from vr3ai.api.validation import DialTo, DisplayName, RequestBody
 from vr3ai.core.quota import QuotaExceeded
 from vr3ai.db.models import TelephonyConfiguration, Workflow
 
 router = APIRouter(tags=["workflows"], route_class=ApiRoute)
 
 
-class WorkflowCreate(BaseModel):
+class WorkflowCreate(RequestBody):
     model_config = ConfigDict(extra="forbid")
     name: DisplayName
     definition: dict[str, Any]
 
 
-class WorkflowPatch(BaseModel):
+class WorkflowPatch(RequestBody):
     model_config = ConfigDict(extra="forbid")
     name: DisplayName | None = None
     definition: dict[str, Any] | None = None
@@ -50,7 +50,7 @@ class WorkflowList(BaseModel):
     items: list[WorkflowOut]
 
 
-class CallCreate(BaseModel):
+class CallCreate(RequestBody):
     model_config = ConfigDict(extra="forbid")
     telephony_configuration_id: str
     to: DialTo
@@ -156,7 +156,16 @@ async def delete_workflow(workflow_id: str, org: OrgDep, svc: ServicesDep) -> Re
     return Response(status_code=204)
 
 
-@router.post("/workflows/{workflow_id}/calls", response_model=CallAccepted, status_code=202)
+@router.post(
+    "/workflows/{workflow_id}/calls",
+    response_model=CallAccepted,
+    status_code=202,
+    responses={
+        409: error_response("The configuration cannot place calls now (disabled, or ARI not connected)."),
+        429: error_response("A quota of the organization is exhausted."),
+        503: error_response("Telephony is not running in this process."),
+    },
+)
 async def place_call(workflow_id: str, body: CallCreate, org: OrgDep, svc: ServicesDep) -> CallAccepted:
     """Start an outbound call that runs this workflow. 202: the call is being placed; follow it
     with ``GET /workflow-runs/{run_id}``."""
