@@ -17,7 +17,6 @@ import contextlib
 import importlib.util
 import json
 import logging
-import os
 import struct
 import sys
 from collections.abc import AsyncIterator
@@ -63,13 +62,8 @@ class _Worker:
             args += ["--voice-model", o.model_path]
         if o.config_path:
             args += ["--voice-config", o.config_path]
-        # glibc keeps freed synthesis buffers around per arena: one arena and a 1 MB trim
-        # threshold keep a worker at ~140 MB instead of growing to ~190-350 MB (measured over
-        # 30 sentences; synthesis is single-threaded, so one arena costs nothing).
-        env = {**os.environ, "MALLOC_ARENA_MAX": "1", "MALLOC_TRIM_THRESHOLD_": str(1 << 20)}
         self.proc = await asyncio.create_subprocess_exec(
             *args,
-            env=env,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL if not o.worker_stderr else None,

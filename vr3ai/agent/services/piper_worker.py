@@ -82,12 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     with open(config, encoding="utf-8") as f:
         piper_config = PiperConfig.from_dict(json.load(f))
     # Built by hand instead of PiperVoice.load, whose session uses default options (a thread per
-    # core, spinning, memory arena): bounded threads leave room for STT on 2 cores, and without
-    # the arena the worker's steady RSS is ~165 MB instead of ~230 MB (measured; same speed).
+    # core, spinning). Interleaved on the shared cores, first audio of a 6-word sentence took
+    # (min/median): default 350/596 ms, 2 threads spinning 385/804, 2 threads 188/271,
+    # 1 thread 162/195 ms; 1 thread without the memory arena 295/330 ms (it saves ~70 MB RSS,
+    # not worth it). One thread also leaves the other core to STT.
     opts = onnxruntime.SessionOptions()
     opts.intra_op_num_threads = args.threads
     opts.inter_op_num_threads = 1
-    opts.enable_cpu_mem_arena = False
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
     voice = PiperVoice(config=piper_config, session=session)
