@@ -166,7 +166,8 @@ async def test_full_call_through_real_server() -> None:
             t0 = time.monotonic()
             first = [await ws.recv() for _ in range(11)]
             elapsed = time.monotonic() - t0
-            assert first[0] == b"\xff" * 480
+            # The lead (60 ms) comes first; on a loaded box a late first tick may add a frame to it.
+            assert len(first[0]) in (480, 640) and first[0] == b"\xff" * len(first[0])
             assert all(isinstance(m, bytes) and m and m == b"\xff" * len(m) and len(m) % 160 == 0 for m in first)
             assert 0.15 <= elapsed <= 1.5
 
