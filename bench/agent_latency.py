@@ -112,16 +112,22 @@ def summary(name: str, xs: list[float], unit: str = "ms") -> str:
     )
 
 
+PIPELINE_OVERRIDES: dict[str, Any] = {}
+AGENTS: list[VoicePipeline] = []
+
+
 def agent(rt: VoiceRuntime, responder: Any, stt: Any = None, **cfg: Any) -> VoicePipeline:
-    return VoicePipeline(
+    a = VoicePipeline(
         responder,
         stt or rt.stt,
         rt.local_tts(),
-        config=PipelineConfig(idle_timeout_s=0, **cfg),
+        config=PipelineConfig(idle_timeout_s=0, **{**PIPELINE_OVERRIDES, **cfg}),
         vad_model=rt.vad_model,
         cache=rt.cache,
         fallback_tts=rt.fallback_tts(),
     )
+    AGENTS.append(a)
+    return a
 
 
 async def conversation(
@@ -220,10 +226,13 @@ async def main() -> None:
     ap.add_argument(
         "--only", default="setup,baseline,v2v,rules,barge,load", help="comma-separated sections to run"
     )
+    ap.add_argument("--spec-after-ms", type=int, default=None, help="PipelineConfig.spec_after_ms(_idle)")
     ap.add_argument("--stt-workers", type=int, default=None)
     ap.add_argument("--tts-workers", type=int, default=None)
     args = ap.parse_args()
     only = set(args.only.split(","))
+    if args.spec_after_ms is not None:
+        PIPELINE_OVERRIDES["spec_after_ms"] = PIPELINE_OVERRIDES["spec_after_ms_idle"] = args.spec_after_ms
     if args.quick:
         args.turns, args.calls = 6, 3
     print(f"load average at start: {os.getloadavg()}  (2 shared cores: figures are noisy under load)")
@@ -276,7 +285,8 @@ async def main() -> None:
             label = key if key in ("stt_ms", "tts_first_ms") else f"{key} (from VAD end)"
             print("   " + summary(label, vals))
         spec = sum(1 for m in metrics if m.get("speculative"))
-        print(f"   speculative transcripts used: {spec}/{len(metrics)}")
+        wasted = AGENTS[-1].stats["spec_wasted"]
+        print(f"   speculative transcripts used: {spec}/{len(metrics)}, discarded (caller went on): {wasted}")
 
     if "rules" in only:  # the example workflow: 1 of 3 replies is a fixed (cached) text
         r_v2v, _ = await rules_conversation(rt)

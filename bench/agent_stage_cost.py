@@ -141,9 +141,10 @@ async def main() -> None:
         w.append(time.perf_counter() - t0)
     print(f"tts   flite slt, 6 words: {min(w) * 1000:4.0f} ms (min)")
 
-    # Estimate: the speculative STT starts 64 ms into the pause, i.e. ~(vad_end - 200 + 64) ms
-    # after the last speech; the reply needs max(turn end, STT done) + first audio.
-    spec_start = vad_end - 200 + 64
+    # Estimate: with an idle STT pool the speculative STT starts 32 ms into the pause, i.e.
+    # ~(vad_end - 200 + 32) ms after the last speech; the reply needs max(turn end, STT done) +
+    # first audio.
+    spec_start = vad_end - 200 + 32
     for label, tts in (("cached reply", 0.0), ("Piper, 6-word first sentence", res["6 words"])):
         est = max(vad_end, spec_start + stt_wall) + tts
         print(f"estimate unloaded voice-to-voice, {label}: {est:4.0f} ms")

@@ -12,21 +12,20 @@ the reference is ``offline-voice-stack.md`` §11):
   through Asterisk: VAD end, then a fixed 0.6 s user-speech timer, then a whole Whisper run, then
   Piper. pipecat's ``WhisperSTTService`` transcribes only after the turn ends and calls
   ``transcribe()`` with faster-whisper's defaults (30 s padded window, beam 5, temperature
-  fallback): p50 2.3 s vs 0.5 s for ours on the same 20 utterances on these (then heavily
-  shared) cores; word accuracy 97.2 vs 95.1 % with greedy, equal once we also use beam 5. The
-  encoder on a 30 s window alone is 0.55-0.7 s here. Meeting the target needs the turn to end on
-  the VAD, transcription started *speculatively* in the stop window, and Whisper's encoder on a
+  fallback): p50 724 ms per utterance here vs 240 ms for ours, same word accuracy (97.2 % on 20
+  flite utterances at 8 kHz). Meeting the target needs the turn to end on the VAD,
+  transcription started *speculatively* inside the stop window, and Whisper's encoder on a
   short window (``services/whisper.py``): a custom turn strategy and a custom STT service, i.e.
   the whole STT/turn stage.
 * **Barge-in (target <= 300 ms).** pipecat's ``SileroVADAnalyzer`` (default params) reported
   speech 330 ms (median, max 440) after its onset; ours 124 ms (max 344): no smoothed volume
   gate, 96 ms of speech probability. (Turn end: pipecat 275 ms, ours 290 ms after the last
-  speech; the difference is our 0.35 hysteresis threshold.) Ours measured 161-182 ms from
+  speech; the difference is our 0.35 hysteresis threshold.) Ours measured 159-201 ms from
   caller onset to audio stopped, end to end through ``FakeCallAudio``.
 * **Call setup (target <= 150 ms to greeting audio).** pipecat services load their models in
   their constructors, per call (0.5-0.6 s of blocked event loop in the reference; Whisper alone
-  2.3 s on loaded cores here). We load once per process (``VoiceRuntime``) and play greetings
-  from a per-process cache: 1-5 ms.
+  0.4 s here, 2.3 s when the cores are busy). We load once per process (``VoiceRuntime``) and
+  play greetings from a per-process cache: 1-5 ms.
 * **Licence.** pipecat's ``PiperTTSService`` imports GPL piper-tts into the platform process;
   we need an out-of-process worker anyway (``services/piper_worker.py``).
 * **Transport and per-call cost.** Our media session (``CallAudio``) already paces audio,
@@ -42,10 +41,10 @@ Flow of one turn
 ----------------
 frames -> ``SileroVad`` (8 kHz, 32 ms windows). ``start`` (``speech_start_ms`` of speech) starts
 capture with a 300 ms pre-roll, and interrupts the agent if it is speaking (barge-in). After
-``spec_after_ms`` (64 ms) of quiet a speculative transcription of the audio so far starts; if
-the caller resumes it is discarded. ``end`` (``turn_end_silence_ms``, 200 ms, of quiet) takes the
-speculative result if no speech came after it, else transcribes now; so the stop window and STT
-overlap instead of adding up. The transcript goes to ``responder.respond``; each ``Say`` is split
+32 ms of quiet (64 ms when the STT pool is busy) a speculative transcription of the audio so far
+starts; if the caller resumes it is discarded. ``end`` (``turn_end_silence_ms``, 200 ms, of
+quiet) takes the speculative result if no speech came after it, else transcribes now; so the
+stop window and STT overlap instead of adding up. The transcript goes to ``responder.respond``; each ``Say`` is split
 into sentences (a long first sentence at its first comma, since Piper's time to first audio grows
 with sentence length), each synthesised as soon as it is known (up to 2 ahead of playback; only
 the first is "urgent" for the shared Piper queue) and played with a mark ``<reply>.<n>`` so we
@@ -57,6 +56,14 @@ part waits for the last mark, then hangs up. Per turn, ``RunReport.metrics`` get
 ``turn, kind, speech_end_ms, vad_end_ms, transcript_ms, first_text_ms, first_audio_ms, stt_ms,
 tts_first_ms, v2v_ms, speculative`` (and ``interrupted, barge_in_ms`` when cut); ``*_ms``
 latencies count from ``vad_end_ms``, ``v2v_ms`` from the caller's last speech.
+
+Measured (``bench/agent_latency.py``, FakeCallAudio in real time, 2 cores shared with other
+work, load average 1-2; figures move a lot with the load)
+-------------------------------------------------------------------------------------------
+setup to greeting audio (cached) 1-5 ms; voice-to-voice with Piper-synthesised replies p50
+581-628 ms, p95 756-876 ms; VAD + plumbing floor (no models after the VAD) p50 285 ms; barge-in
+159-201 ms; 8 concurrent conversations p50 763-1087 ms, p95 1293-1480 ms. At load 3-20 the same
+runs gave v2v p50 0.9-1.4 s: every stage is CPU-bound on 2 cores.
 """
 
 from __future__ import annotations
@@ -99,9 +106,12 @@ class PipelineConfig:
     max_duration_message: str = DEFAULT_MAX_DURATION_MESSAGE
     speculative_stt: bool = True
     spec_after_ms: int = 64
-    """Quiet needed before the speculative transcription starts. One 32 ms quiet window happens
-    inside words too (synthetic and real voices); two rarely do, and each wasted run costs
-    ~0.2 s of both cores."""
+    """Quiet needed before the speculative transcription starts while the STT pool is busy.
+    One 32 ms quiet window happens inside words too; two rarely do, and each wasted run costs
+    ~0.3 CPU s (14 vs 8 discarded runs per 20 turns, measured)."""
+    spec_after_ms_idle: int = 32
+    """The same when an STT worker is idle: the early start then costs nothing but idle CPU and
+    saves ~40 ms of transcript latency (p50 145 vs 188 ms after VAD end, measured)."""
     pre_roll_ms: int = 300
     min_speech_ms: int = 150
     """Shorter speech is treated as noise and never transcribed."""
@@ -643,7 +653,7 @@ class VoicePipeline:
             self._capturing
             and self.config.speculative_stt
             and vad.state is VadState.STOPPING
-            and vad.quiet_ms >= self.config.spec_after_ms
+            and vad.quiet_ms >= self._spec_after_ms()
         ):
             start, end = vad.speech_span
             if self._spec is None or self._spec.speech_end_ms != end:
@@ -694,6 +704,11 @@ class VoicePipeline:
         # One quiet window of real audio after the speech, then zero padding: identical for the
         # speculative and the final cut, so a speculative result is exactly the final one.
         return self._slice(self._utt_onset_ms, speech_end_ms + 32) + silence(150, 8000)
+
+    def _spec_after_ms(self) -> int:
+        stt = self.stt
+        idle = getattr(stt, "busy", 0) < getattr(stt, "workers", 1)
+        return self.config.spec_after_ms_idle if idle else self.config.spec_after_ms
 
     def _speculate(self, speech_start_ms: int, speech_end_ms: int) -> None:
         if speech_end_ms - speech_start_ms < self.config.min_speech_ms:
