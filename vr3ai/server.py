@@ -32,6 +32,14 @@ def _uvicorn_config(app: object, host: str, port: int, **kw: object) -> uvicorn.
     )
 
 
+def _cli() -> str:
+    """How this very installation's CLI is invoked (the venv is usually not on PATH)."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if argv0.endswith("/vr3ai"):
+        return argv0
+    return f"{sys.executable} -m vr3ai"
+
+
 async def _serve(settings: Settings) -> None:
     from vr3ai.cli import ensure_default_organization
 
@@ -45,7 +53,7 @@ async def _serve(settings: Settings) -> None:
             "\nVR3 AI: created the default organization for this new data folder.\n"
             f"  organization id: {org_id}\n"
             f"  API key (shown once, store it now): {key}\n"
-            f"  Dashboard sign-in: run  vr3ai user create {org_id} you@example.com  then open "
+            f"  Dashboard sign-in: run  {_cli()} user create {org_id} you@example.com  then open "
             f"{settings.effective_public_url()}/login\n",
             file=sys.stdout,
             flush=True,
