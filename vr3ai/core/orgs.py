@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from sqlalchemy import null, select
 
 from vr3ai.core.secrets import hash_api_key, hash_password, new_api_key
@@ -66,7 +64,3 @@ async def create_user(db: Database, organization_id: str, email: str, password: 
         user = User(organization_id=organization_id, email=email.strip().lower(), password_hash=hash_password(password))
         s.add(user)
     return user
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

@@ -565,15 +565,6 @@ def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
         fut.set_result(value)
 
 
-def _future_text(fut: asyncio.Future[Any]) -> str:
-    if fut.cancelled():
-        return "cancelled"
-    exc = fut.exception()
-    if exc is not None:
-        return str(exc)
-    return str(fut.result())
-
-
 def _secret_names(settings: Any) -> list[str]:
     names: list[str] = []
 
