@@ -54,8 +54,17 @@ def vowel_pcm(secs: float, f0: tuple[float, float] = (120.0, 160.0), level_dbfs:
 class MinimalAgent:
     """Greeting, then one fixed reply per caller turn. Ignores caller speech while it is talking."""
 
-    def __init__(self, greeting: bytes, reply: bytes, *, end_silence_ms: int = 200, start_ms: int = 60) -> None:
+    def __init__(
+        self,
+        greeting: bytes,
+        reply: bytes,
+        *,
+        end_silence_ms: int = 200,
+        start_ms: int = 60,
+        barge_in: bool = False,
+    ) -> None:
         self.greeting = greeting
+        self.barge_in = barge_in
         self.reply = reply
         self.end_silence_ms = end_silence_ms
         self.start_ms = start_ms
@@ -83,6 +92,10 @@ class MinimalAgent:
             async for frame in audio.frames():
                 ms = len(frame) * 500 // audio.sample_rate  # 2 bytes per sample
                 if audioop.rms(frame, 2) > SPEECH_RMS:
+                    if self.barge_in and audio.queued_ms() > 0:
+                        # The floor of barge-in: stop on the very first loud frame (no VAD wait), so
+                        # what remains is the path caller -> Asterisk -> us -> FLUSH_MEDIA -> caller.
+                        audio.flush()
                     speech_ms += ms
                     quiet_ms = 0
                     if speech_ms >= self.start_ms:
@@ -107,17 +120,18 @@ class MinimalAgent:
 class MinimalAgentFactory:
     """``AgentFactory``: one agent per call, audio synthesised once per process."""
 
-    def __init__(self, greeting_s: float = 1.5, reply_s: float = 1.0) -> None:
+    def __init__(self, greeting_s: float = 1.5, reply_s: float = 1.0, barge_in: bool = False) -> None:
+        self.barge_in = barge_in
         self.greeting = vowel_pcm(greeting_s, (120.0, 160.0))
         self.reply = vowel_pcm(reply_s, (150.0, 110.0))
         self.built = 0
 
     def __call__(self, ctx: CallContext) -> MinimalAgent:
         self.built += 1
-        return MinimalAgent(self.greeting, self.reply)
+        return MinimalAgent(self.greeting, self.reply, barge_in=self.barge_in)
 
 
-def voice_workflow() -> dict[str, Any]:
+def voice_workflow(greeting: str | None = None) -> dict[str, Any]:
     """A workflow for the real voice agent whose replies never end the call: every caller sentence
     is unmatched, so the start node's reprompt is said (a fixed text: served from the TTS cache
     after the first call)."""
@@ -126,7 +140,7 @@ def voice_workflow() -> dict[str, Any]:
             {
                 "id": "start",
                 "type": "start",
-                "greeting": "Hello, thanks for calling. How can I help you today?",
+                "greeting": greeting or "Hello, thanks for calling. How can I help you today?",
                 "reprompt": "Okay, tell me more.",
             },
             {"id": "bye", "type": "end", "say": "Goodbye."},

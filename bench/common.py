@@ -294,6 +294,7 @@ class Caller:
 
     __slots__ = (
         "answered_at",
+        "barge_at",
         "channel_id",
         "closed_at",
         "connected_at",
@@ -325,6 +326,7 @@ class Caller:
         self.connected_at: float | None = None  # MEDIA_START received
         self.answered_at: float | None = None  # first frame from the agent side
         self.greeting_at: float | None = None  # first loud frame
+        self.barge_at: float | None = None  # first speech frame sent over the greeting (barge-in runs)
         self.closed_at: float | None = None
         self.rx_t = array.array("d")
         self.rx_loud = bytearray()
@@ -362,7 +364,12 @@ class Caller:
         fleet = self.fleet
         st = self.state
         if st == GREETING:
-            if (self.greeting_at is not None and now - self.last_loud > fleet.quiet_s) or (
+            if fleet.barge_after_s is not None:
+                # Barge-in runs: speak over the greeting once it has played this long.
+                if self.greeting_at is not None and now - self.greeting_at >= fleet.barge_after_s:
+                    self.barge_at = now
+                    self._start_turn(now)
+            elif (self.greeting_at is not None and now - self.last_loud > fleet.quiet_s) or (
                 now - (self.connected_at or now) > fleet.greeting_timeout_s
             ):
                 self._start_turn(now)
@@ -567,6 +574,7 @@ class CallerFleet:
         greeting_timeout_s: float = 5.0,
         reply_timeout_s: float = 5.0,
         ari_connections: int = 8,
+        barge_after_s: float | None = None,
     ) -> None:
         self.lab = lab
         self.exten = exten
@@ -576,6 +584,7 @@ class CallerFleet:
         self.pause_s = pause_s
         self.greeting_timeout_s = greeting_timeout_s
         self.reply_timeout_s = reply_timeout_s
+        self.barge_after_s = barge_after_s
         self.expected: dict[str, Caller] = {}
         self.live: list[Caller] = []
         self.unexpected = 0

@@ -373,6 +373,9 @@ async def main() -> None:
         help="A/B experiment: sessions never re-anchor their play-out model (MediaSession._resync "
         "becomes a no-op), to see what the re-anchoring does under load",
     )
+    ap.add_argument("--greeting", default=None, help="voice agent: the start node's greeting text")
+    ap.add_argument("--greeting-s", type=float, default=1.5, help="minimal agent: greeting length in seconds")
+    ap.add_argument("--barge-in", action="store_true", help="minimal agent: flush on the first loud caller frame")
     args = ap.parse_args()
 
     warn = WarningCounter()
@@ -396,9 +399,9 @@ async def main() -> None:
         def factory(ctx: Any) -> Any:
             return build_agent(ctx, runtime)
 
-        definition = voice_workflow()
+        definition = voice_workflow(args.greeting)
     else:
-        factory = MinimalAgentFactory()
+        factory = MinimalAgentFactory(greeting_s=args.greeting_s, barge_in=args.barge_in)
         definition = MINIMAL_WORKFLOW
 
     args.data_dir.mkdir(parents=True, exist_ok=True)
@@ -411,8 +414,15 @@ async def main() -> None:
         meter.watch_gc()
         if args.agent == "voice":
             meter.patch_vad()
+        if runtime is not None:
+            p.services.voice = runtime  # as the app does: saving a workflow pre-synthesises its texts
         lab = SimpleNamespace(ari_url=args.ari_url)
         wf_id, cfg_id = await p.setup_inbound(definition=definition, lab=lab)
+        warm_s = 0.0
+        if runtime is not None:
+            t_warm = time.monotonic()
+            await runtime.warmed_up(60)
+            warm_s = time.monotonic() - t_warm
         if args.gc_freeze:
             gc.collect()
             gc.freeze()
@@ -428,6 +438,7 @@ async def main() -> None:
                     "pid": os.getpid(),
                     "agent": args.agent,
                     "rss_mb": round(_rss_mb(), 1),
+                    "warm_s": round(warm_s, 2),
                 }
             ),
             flush=True,

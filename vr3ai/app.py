@@ -46,6 +46,24 @@ async def close_orphan_runs(svc: Services) -> int:
     return closed
 
 
+async def prewarm_saved_workflows(svc: Services) -> int:
+    """Queue every saved workflow's static texts for background synthesis: greetings of all
+    workflows first, then their other fixed texts. With the disk cache under the data dir this is
+    work only for texts never synthesised before."""
+    from sqlalchemy import select
+
+    from vr3ai.agent.factory import prewarm_workflow
+    from vr3ai.db.models import Workflow
+
+    async with svc.db.session() as s:
+        definitions = (await s.scalars(select(Workflow.definition).order_by(Workflow.updated_at.desc()))).all()
+    queued = sum(prewarm_workflow(svc.voice, d, greeting_only=True) for d in definitions)
+    queued += sum(prewarm_workflow(svc.voice, d) for d in definitions)
+    if queued:
+        log.info("synthesising fixed texts of saved workflows in the background", extra={"texts": queued})
+    return queued
+
+
 def _load_factory(spec: str) -> AgentFactory | None:
     """``package.module:callable`` → the callable; a class is instantiated once (a factory object)."""
     if not spec:
@@ -84,6 +102,7 @@ def create_app(
             await voice.start()
             svc.voice = voice
             factory = partial(build_agent, runtime=voice)
+            await prewarm_saved_workflows(svc)
         if settings.start_telephony:
             from vr3ai.telephony.manager import TelephonyManager
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 import pytest
@@ -129,3 +130,40 @@ async def test_deleting_a_workflow_unassigns_its_extensions(platform: Platform) 
     assert (await t.http.delete(f"/api/v1/workflows/{wid}")).status_code == 204
     after = ok(await t.http.get(f"/api/v1/telephony-configurations/{cid}/phone-numbers/{number['id']}"))
     assert after["inbound_workflow_id"] is None
+
+
+def pcm_files(d: Any) -> list[Any]:
+    return list(d.glob("*.pcm"))
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="flite (Debian package) not installed")
+async def test_saving_a_workflow_synthesises_its_greeting_before_any_call(platform: Platform, tmp_path: Any) -> None:
+    """The first call after a save must play its greeting from the cache (setup target 150 ms):
+    create and edit queue the workflow's static texts for background synthesis, real flite here.
+    Texts that depend on the call (caller number) cannot be made ahead and are left out."""
+    from vr3ai.agent.factory import RuntimeConfig, VoiceRuntime
+    from vr3ai.agent.services.cache import cache_key
+
+    runtime = VoiceRuntime(RuntimeConfig(tts_engine="flite", cache_dir=tmp_path / "tts"))
+    platform.services.voice = runtime
+    try:
+        t = await platform.tenant()
+        definition = workflow_definition()
+        definition["nodes"][0]["greeting"] = "Welcome to Acme, how can I help?"
+        wid = ok(await t.http.post("/api/v1/workflows", json={"name": "W", "definition": definition}), 201)["id"]
+        assert await runtime.warmed_up(30)
+        tts = runtime.local_tts()
+        pcm = runtime.cache.get(cache_key(tts, "Welcome to Acme, how can I help?"))
+        assert pcm is not None and len(pcm) > tts.sample_rate  # over half a second of real speech
+        assert pcm_files(tmp_path / "tts")  # on disk: a restart does not synthesise again
+
+        definition["nodes"][0]["greeting"] = "Hi {{caller_number}}, this is Acme."
+        definition["nodes"][-1]["say"] = "Thanks for calling Acme, bye."
+        ok(await t.http.patch(f"/api/v1/workflows/{wid}", json={"definition": definition}))
+        assert await runtime.warmed_up(30)
+        assert runtime.cache.has(cache_key(tts, "Thanks for calling Acme, bye."))
+        assert not any("{{" in k[3] or k[3].startswith("Hi ") for k in runtime.cache._mem)
+        assert runtime.warm_failed == 0
+    finally:
+        platform.services.voice = None
+        await runtime.close()

@@ -32,7 +32,7 @@ from vr3ai.agent.services.base import SpeechToText, TextToSpeech
 from vr3ai.agent.services.cloud import CartesiaTTS, DeepgramSTT, ElevenLabsTTS, OpenAISTT, OpenAITTS
 from vr3ai.agent.services.runtime import RuntimeConfig, VoiceRuntime
 
-__all__ = ["RuntimeConfig", "VoiceRuntime", "build_agent", "start_runtime", "stop_runtime"]
+__all__ = ["RuntimeConfig", "VoiceRuntime", "build_agent", "prewarm_workflow", "start_runtime", "stop_runtime"]
 
 Note = tuple[Literal["info", "warning", "error"], str]
 
@@ -150,5 +150,26 @@ def build_agent(ctx: CallContext, runtime: VoiceRuntime | None = None) -> Agent:
         fallback_tts=fallback,
         owned_services=owned,
         prepare=partial(runtime.ensure_started, local_engine),
+        warm=runtime.warm,
         notes=notes,
     )
+
+
+def prewarm_workflow(runtime: VoiceRuntime, definition: Any, *, greeting_only: bool = False) -> int:
+    """Queue a workflow's static texts (greeting first) for background synthesis into the cache, so
+    its first call plays the greeting at once. Only for the offline voices: a cloud voice bills per
+    character, so it is cached from what calls actually say. Returns how many texts were queued;
+    an invalid definition queues nothing (saving it already reported why)."""
+    from vr3ai.workflows.engine import WorkflowEngine, ensure_definition
+
+    try:
+        defn = ensure_definition(definition)
+    except Exception:
+        return 0
+    cfg = defn.settings.tts
+    if getattr(cfg, "provider", "offline") not in ("offline", "piper", "flite"):
+        return 0  # a cloud voice: needs the organization's key and bills per character
+    tts, _, _ = build_tts(cfg, {}, runtime, [])
+    mode = "rules" if getattr(defn.settings.llm, "provider", "rules") == "rules" else "llm"
+    texts = WorkflowEngine(defn).static_texts(mode)
+    return runtime.warm(texts[:1] if greeting_only else texts, tts)

@@ -80,9 +80,9 @@ from typing import Any, Literal
 
 from vr3ai.agent.base import CallContext, RunReport, TranscriptLine
 from vr3ai.agent.responders.base import CallerTurn, Hangup, ReplyPart, Responder, Say
-from vr3ai.agent.services.audio import silence, split_sentences
+from vr3ai.agent.services.audio import silence, split_sentences, synthesize_trimmed, trim_leading_silence
 from vr3ai.agent.services.base import ServiceError, SpeechToText, TextToSpeech, Transcript
-from vr3ai.agent.services.cache import TtsCache
+from vr3ai.agent.services.cache import TtsCache, cache_key
 from vr3ai.agent.services.vad import SileroModel, SileroVad, VadEvent, VadParams, VadState
 from vr3ai.media.interface import CallAudio, CallEnded, Dtmf, MarkHeard
 
@@ -214,6 +214,7 @@ class VoicePipeline:
         fallback_tts: TextToSpeech | None = None,
         owned_services: list[SpeechToText | TextToSpeech] | None = None,
         prepare: Callable[[], Awaitable[None]] | None = None,
+        warm: Callable[[list[str], TextToSpeech], object] | None = None,
         notes: list[tuple[Literal["info", "warning", "error"], str]] | None = None,
     ) -> None:
         self.responder = responder
@@ -225,6 +226,7 @@ class VoicePipeline:
         self.cache = cache if cache is not None else TtsCache()
         self._owned = owned_services or []
         self._prepare = prepare
+        self._warm = warm
         self._notes = notes or []
         self._responder_events_seen = 0
         # per-call state (set in run)
@@ -439,9 +441,14 @@ class VoicePipeline:
         self._synth_busy += 1
         self._synth_idle.clear()
         collected: list[bytes] = []
+        rate = self.tts.sample_rate
         try:
             try:
                 async for chunk in self.tts.stream(job.text, urgent=job.urgent):
+                    if not collected:
+                        chunk = trim_leading_silence(chunk, rate)
+                        if not chunk:
+                            continue  # all lead-in so far: the sentence has not started yet
                     if not job.first_chunk_at:
                         job.first_chunk_at = time.perf_counter()
                     q.put_nowait(chunk)
@@ -451,6 +458,7 @@ class VoicePipeline:
                     raise
                 self._report.event("warning", f"TTS failed, using fallback: {exc}", self._now())
                 pcm = b"".join([c async for c in self.fallback_tts.stream(job.text, urgent=job.urgent)])
+                pcm = trim_leading_silence(pcm, self.fallback_tts.sample_rate)
                 job.first_chunk_at = time.perf_counter()
                 q.put_nowait(pcm)
                 job.assembly = None  # never cache the fallback voice under the primary's key
@@ -471,8 +479,7 @@ class VoicePipeline:
                 self._synth_idle.set()
 
     def _cache_key(self, text: str, tts: TextToSpeech | None = None) -> tuple[str, str, int, str]:
-        t = tts or self.tts
-        return (t.engine, t.voice, t.sample_rate, text)
+        return cache_key(tts or self.tts, text)
 
     def _cache_get(self, text: str) -> bytes | None:
         return self.cache.get(self._cache_key(text))
@@ -481,7 +488,7 @@ class VoicePipeline:
         # Waits for idle TTS so a cache fill never delays a live reply's sentence.
         with contextlib.suppress(Exception):
             await self._synth_idle.wait()
-            await self.cache.get_or_make(self._cache_key(text), lambda: self.tts.synthesize(text))
+            await self.cache.get_or_make(self._cache_key(text), partial(synthesize_trimmed, self.tts, text))
 
     async def _presynthesize(self) -> None:
         try:
@@ -496,6 +503,18 @@ class VoicePipeline:
             if not text.strip() or self._cache_get(text) is not None:
                 continue
             await self._fill_cache(text)
+
+    def _hand_over_fixed_texts(self) -> None:
+        # A caller who hangs up or barges in during the first call's greeting cancels its
+        # sentence-by-sentence synthesis before the whole text could become a cache entry, and this
+        # call's _presynthesize never ran: without this hand-over the greeting would stay uncached
+        # for as long as callers keep doing that. The runtime finishes the work after the call.
+        if self._warm is None or self.tts.metered:
+            return  # cloud voices cost money per character: only what calls really said is cached
+        with contextlib.suppress(Exception):
+            texts = [t for t in self.responder.fixed_texts() if t.strip() and not self.cache.has(self._cache_key(t))]
+            if texts:
+                self._warm(texts, self.tts)
 
     def _play(
         self,
@@ -915,6 +934,7 @@ class VoicePipeline:
             if not fut.done():
                 fut.cancel()
         self._sync_state()
+        self._hand_over_fixed_texts()
         aclose = getattr(self.responder, "aclose", None)
         if aclose is not None:
             with contextlib.suppress(Exception):

@@ -104,6 +104,14 @@ def _out(wf: Workflow, warnings: list[dict[str, str]] | None = None) -> Workflow
     )
 
 
+def _prewarm(svc: Any, definition: dict[str, Any]) -> None:
+    # The saved greeting is synthesised now, in the background, so the first call plays it at once.
+    if svc.voice is not None:
+        from vr3ai.agent.factory import prewarm_workflow
+
+        prewarm_workflow(svc.voice, definition)
+
+
 @router.post("/workflows", response_model=WorkflowOut, status_code=201)
 async def create_workflow(body: WorkflowCreate, org: OrgDep, svc: ServicesDep) -> WorkflowOut:
     warnings = _check_definition(body.definition)
@@ -112,6 +120,7 @@ async def create_workflow(body: WorkflowCreate, org: OrgDep, svc: ServicesDep) -
         # default reach existing workflows and the author gets back exactly what they wrote.
         wf = Workflow(organization_id=org.id, name=body.name, definition=body.definition)
         s.add(wf)
+    _prewarm(svc, body.definition)
     return _out(wf, warnings)
 
 
@@ -143,6 +152,8 @@ async def update_workflow(workflow_id: str, body: WorkflowPatch, org: OrgDep, sv
             wf.name = body.name
         if body.definition is not None:
             wf.definition = body.definition
+    if body.definition is not None:
+        _prewarm(svc, body.definition)
     return _out(wf, warnings)
 
 

@@ -228,8 +228,14 @@ class WorkflowEngine:
             return set()
         filled: set[str] = set()
         for slot in node.extract:
-            value = nlu.extract_slot(slot.type, text, min_digits=slot.min_digits, max_digits=slot.max_digits,
-                                     after=slot.after, require_after=arriving)
+            value = nlu.extract_slot(
+                slot.type,
+                text,
+                min_digits=slot.min_digits,
+                max_digits=slot.max_digits,
+                after=slot.after,
+                require_after=arriving,
+            )
             if value is not None:
                 self.state.variables[slot.name] = value
                 filled.add(slot.name)
@@ -355,6 +361,25 @@ class WorkflowEngine:
 
     def fixed_texts(self, mode: Literal["rules", "llm"] = "rules") -> list[str]:
         """Every text this call may say that is the same all call long (rendered now)."""
+        out: list[str] = []
+        for template in self._fixed_templates(mode):
+            rendered = render(template, self.state.variables)
+            if self._is_fixed(rendered) and rendered.text and rendered.text not in out:
+                out.append(rendered.text)
+        return out
+
+    def static_texts(self, mode: Literal["rules", "llm"] = "rules") -> list[str]:
+        """The fixed texts that are the same on *every* call: no variable of the call or the run,
+        only the workflow's own ``variables``. What can be synthesised before any call arrives."""
+        static = self.definition.variables
+        out: list[str] = []
+        for template in self._fixed_templates(mode):
+            rendered = render(template, static)
+            if all(n.split(".")[0] in static for n in rendered.used) and rendered.text and rendered.text not in out:
+                out.append(rendered.text)
+        return out
+
+    def _fixed_templates(self, mode: Literal["rules", "llm"]) -> list[str]:
         templates: list[str] = [self.definition.start.greeting]
         phrases = self.settings.phrases
         start_is_menu = self.auto_edge() is None
@@ -376,9 +401,4 @@ class WorkflowEngine:
         templates.append(phrases.idle_goodbye)
         if mode == "llm":
             templates.append(phrases.error)
-        out: list[str] = []
-        for template in templates:
-            rendered = render(template, self.state.variables)
-            if self._is_fixed(rendered) and rendered.text and rendered.text not in out:
-                out.append(rendered.text)
-        return out
+        return templates

@@ -13,7 +13,7 @@ from vr3ai.agent.fake_audio import FakeCallAudio
 from vr3ai.agent.pipeline import PipelineConfig, VoicePipeline
 from vr3ai.agent.responders.base import Hangup, Say
 from vr3ai.agent.services.base import ServiceError
-from vr3ai.agent.services.cache import TtsCache
+from vr3ai.agent.services.cache import TtsCache, cache_key
 
 from .agent_helpers import EnergyVadModel, ScriptedSTT, StubResponder, ToneTTS, metric_rows, tone
 
@@ -79,6 +79,39 @@ async def test_uncached_fixed_text_is_cached_after_first_call() -> None:
     await audio.wait_silent()
     await finish(audio, task)
     assert cache.get((tts.engine, tts.voice, 8000, responder.greeting)) is not None
+
+
+class MeteredToneTTS(ToneTTS):
+    engine = "metered"
+    metered = True
+
+
+@pytest.mark.parametrize("metered", [False, True])
+async def test_greeting_cut_short_is_handed_to_the_runtime(metered: bool) -> None:
+    """The caller hangs up during the first call's greeting: its sentence-by-sentence synthesis is
+    cancelled before the whole text could be cached, so the fixed texts go to the runtime to be
+    finished after the call (unless the voice bills per character)."""
+    handed: list[tuple[list[str], object]] = []
+    # Six sentences: synthesis runs at most 2 ahead of playback, so the last ones have not started.
+    responder = StubResponder(greeting=" ".join(f"This is sentence {n}." for n in range(1, 7)))
+    tts = MeteredToneTTS(delay_s=0.3) if metered else ToneTTS(delay_s=0.3)
+    cache = TtsCache()
+    agent = VoicePipeline(
+        responder,
+        ScriptedSTT([]),
+        tts,
+        vad_model=EnergyVadModel(),  # type: ignore[arg-type]
+        cache=cache,
+        warm=lambda texts, t: handed.append((texts, t)),
+    )
+    audio, _, task = await start(agent)
+    await audio.wait_audio(0)
+    await finish(audio, task)
+    assert not cache.has(cache_key(tts, responder.greeting))
+    if metered:
+        assert handed == []
+    else:
+        assert handed == [(responder.fixed_texts(), tts)]
 
 
 async def test_turn_transcribed_answered_and_measured() -> None:

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from vr3ai.agent.base import CallContext
-from vr3ai.agent.factory import VoiceRuntime, build_agent
+from vr3ai.agent.factory import RuntimeConfig, VoiceRuntime, build_agent
 from vr3ai.agent.pipeline import VoicePipeline
-from vr3ai.agent.services.audio import split_sentences
+from vr3ai.agent.services.audio import split_sentences, trim_leading_silence
 from vr3ai.agent.services.base import ServiceError, filter_transcript
-from vr3ai.agent.services.cache import TtsCache
+from vr3ai.agent.services.cache import TtsCache, cache_key
 from vr3ai.agent.services.cloud import CartesiaTTS, DeepgramSTT, ElevenLabsTTS, OpenAISTT, OpenAITTS
 
-from .agent_helpers import HAVE_FLITE, caller_speech, noise_burst
+from .agent_helpers import HAVE_FLITE, ToneTTS, caller_speech, noise_burst, tone
 from .fake_cloud import KEY, FakeDeepgram, FakeHttpVendor, pcm_tone
 
 # ------------------------------------------------------------------ pure helpers
@@ -97,6 +97,66 @@ async def test_tts_cache_survives_a_cancelled_caller() -> None:
     second = asyncio.create_task(cache.get_or_make(key, make))
     first.cancel()
     assert await second == b"\x00\x00" * 10
+
+
+def test_trim_leading_silence_keeps_the_onset() -> None:
+    hiss = np.full(80, 3, dtype="<i2").tobytes()  # -80 dBFS: engine dither, not speech
+    lead = b"\x00\x00" * 400 + hiss
+    speech = tone(200)
+    first_loud = 480 + 1  # tone() starts at sin(0) = 0
+    assert trim_leading_silence(lead + speech, 8000) == (lead + speech)[(first_loud - 120) * 2 :]  # 15 ms kept
+    assert trim_leading_silence(speech, 8000) == speech
+    assert trim_leading_silence(lead, 8000) == b""
+    assert trim_leading_silence(b"", 8000) == b""
+
+
+class LeadInTTS(ToneTTS):
+    """A tone 'voice' that, like flite, starts every sentence with 220 ms of silence."""
+
+    engine = "lead-in"
+
+    async def synthesize(self, text: str) -> bytes:
+        return b"\x00\x00" * 1760 + await super().synthesize(text)
+
+
+class BrokenTTS(ToneTTS):
+    engine = "broken"
+
+    async def synthesize(self, text: str) -> bytes:
+        raise ServiceError("engine crashed")
+
+
+def pcm_files(d: Path) -> list[Path]:
+    return list(d.glob("*.pcm"))
+
+
+async def test_runtime_warms_fixed_texts_in_background(tmp_path: Path) -> None:
+    runtime = VoiceRuntime(RuntimeConfig(tts_engine="flite", cache_dir=tmp_path))
+    tts = LeadInTTS(delay_s=0.05)
+    try:
+        assert runtime.warm(["One two.", "Three.", "One two.", "  "], tts) == 2
+        assert runtime.warm(["Three."], tts) == 0  # already queued
+        assert runtime.warm_pending == 2
+        assert await runtime.warmed_up(5)
+        assert tts.texts == ["One two.", "Three."]  # one synthesis each, in order
+        pcm = runtime.cache.get(cache_key(tts, "One two."))
+        # 2 words x 80 ms of tone, and of the 220 ms lead-in only the 15 ms before the first
+        # audible sample (the tone's second: sin(0) = 0).
+        assert pcm is not None and len(pcm) == (1280 + 119) * 2
+        assert runtime.warm(["One two."], tts) == 0  # cached now
+        assert len(pcm_files(tmp_path)) == 2
+
+        broken = BrokenTTS()
+        assert runtime.warm(["Hello."], broken) == 1
+        assert await runtime.warmed_up(5)  # a failure is logged and counted, never raised
+        assert runtime.warm_failed == 1 and not runtime.cache.has(cache_key(broken, "Hello."))
+
+        slow = ToneTTS(delay_s=5)
+        runtime.warm([f"Text {i}." for i in range(5)], slow)
+        await asyncio.sleep(0.05)
+    finally:
+        await asyncio.wait_for(runtime.close(), 2)  # cancels the queue instead of waiting 25 s
+    assert runtime.warm_pending == 0
 
 
 def test_lru_bound() -> None:

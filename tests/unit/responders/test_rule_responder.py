@@ -372,3 +372,17 @@ def test_fixed_texts_render_context_variables() -> None:
     r = RuleResponder(menu_workflow(), CTX)
     assert "One moment, +15550100." in r.fixed_texts()
     assert not any("account" in t and "noted" in t for t in r.fixed_texts())
+
+
+def test_static_texts_are_those_every_call_says() -> None:
+    """What can be synthesised before any call: the workflow's own variables are fine, a call's
+    (caller number) or a caller's (slots) are not, and nothing is rendered with a fallback."""
+    from vr3ai.workflows.engine import WorkflowEngine
+
+    static = WorkflowEngine(menu_workflow()).static_texts()
+    assert static[0] == "Press 1 for sales, 22 for billing, or say operator."
+    assert not any("One moment" in t or "noted" in t for t in static)
+    assert len(static) == len(set(static))
+    defn = example_definition()
+    assert "Acme Dental" in WorkflowEngine(defn).static_texts()[0]  # {{company}} is a workflow variable
+    assert set(WorkflowEngine(defn).static_texts()) <= set(RuleResponder(defn, CTX).fixed_texts())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import re
 import wave
+from typing import Any
 
 import numpy as np
 import soxr
@@ -65,6 +66,28 @@ def write_wav(pcm: bytes, sample_rate: int) -> bytes:
         w.setframerate(sample_rate)
         w.writeframes(pcm)
     return buf.getvalue()
+
+
+# -50 dBFS sample peak: below any speech onset (soft fricatives peak far above), above the dither
+# and hiss engines put in front of a sentence (Piper 40-60 ms, flite 220 ms of it).
+_LEAD_PEAK = int(32768 * 10 ** (-50 / 20))
+
+
+def trim_leading_silence(pcm: bytes, sample_rate: int, keep_ms: int = 15) -> bytes:
+    """Drop the silence a TTS engine puts before a sentence, keeping ``keep_ms`` before the first
+    audible sample so an onset ramp stays whole. Every millisecond of it is voice-to-voice delay
+    the caller waits through. Returns b"" when ``pcm`` holds no audible sample at all."""
+    x = np.frombuffer(pcm[: len(pcm) & ~1], dtype="<i2")
+    loud = np.flatnonzero(np.abs(x.astype(np.int32)) > _LEAD_PEAK)
+    if loud.size == 0:
+        return b""
+    start = max(0, int(loud[0]) - sample_rate * keep_ms // 1000)
+    return pcm[start * 2 :]
+
+
+async def synthesize_trimmed(tts: Any, text: str) -> bytes:
+    """``tts.synthesize(text)`` without the engine's lead-in silence: what the cache stores."""
+    return trim_leading_silence(await tts.synthesize(text), tts.sample_rate)
 
 
 def rms_dbfs(pcm: bytes) -> float:

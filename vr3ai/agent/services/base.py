@@ -116,6 +116,8 @@ class TextToSpeech(ABC):
     engine: str = "tts"
     voice: str = ""
     sample_rate: int = 8000
+    metered: bool = False
+    """Billed per character (cloud voices): never synthesised ahead of need, only what calls say."""
 
     async def start(self) -> None:
         """Load models / start workers. Idempotent."""

@@ -21,12 +21,23 @@ import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 CacheKey = tuple[str, str, int, str]
 
 
+def cache_key(tts: Any, text: str) -> CacheKey:
+    """The key of ``text`` said by ``tts`` (a TextToSpeech): engine, voice and rate matter."""
+    return (tts.engine, tts.voice, tts.sample_rate, text)
+
+
+# Bumped when what is stored for a key changes (v2: lead-in silence trimmed), so files an older
+# version left in the disk cache are not played.
+_FORMAT = "v2"
+
+
 def _digest(key: CacheKey) -> str:
-    return hashlib.sha256("\x1f".join(map(str, key)).encode("utf-8")).hexdigest()
+    return hashlib.sha256("\x1f".join(map(str, (_FORMAT, *key))).encode("utf-8")).hexdigest()
 
 
 class TtsCache:
@@ -68,6 +79,13 @@ class TtsCache:
             self.hits += 1
             return pcm
         return None
+
+    def has(self, key: CacheKey) -> bool:
+        """In memory or on disk (does not count as a hit)."""
+        if key in self._mem:
+            return True
+        path = self._path(key)
+        return path is not None and path.exists()
 
     def put(self, key: CacheKey, pcm: bytes) -> None:
         if not pcm:

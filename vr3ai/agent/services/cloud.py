@@ -253,6 +253,7 @@ class _HttpStreamTTS(_HttpMixin, TextToSpeech):
 
 class OpenAITTS(_HttpStreamTTS):
     engine = "openai"
+    metered = True
     source_rate = 24000  # response_format=pcm is fixed at 24 kHz
 
     def __init__(
@@ -279,6 +280,7 @@ class OpenAITTS(_HttpStreamTTS):
 
 class ElevenLabsTTS(_HttpStreamTTS):
     engine = "elevenlabs"
+    metered = True
 
     def __init__(
         self,
@@ -306,6 +308,7 @@ class ElevenLabsTTS(_HttpStreamTTS):
 
 class CartesiaTTS(_HttpStreamTTS):
     engine = "cartesia"
+    metered = True
 
     def __init__(
         self,

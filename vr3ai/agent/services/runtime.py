@@ -10,6 +10,12 @@ agent. Here everything heavy lives in one object per process:
 
 ``await runtime.start()`` preloads all of it (the app calls it at startup so the first call does
 not pay ~2-4 s of loading); calls made before that trigger the same loading lazily.
+``runtime.warm(texts, tts)`` synthesises fixed texts (greetings, ``say`` texts) into the cache in
+the background, one at a time at Piper's low priority, so a live call's first sentence always goes
+first: the app warms every workflow's static texts at start-up and on save
+(``vr3ai.agent.factory.prewarm_workflow``), and a call hands over the fixed texts it could not
+cache (caller hung up or barged in during the greeting). That is what makes even the first call
+after a restart or an edit play its greeting straight from the cache.
 ``await runtime.close()`` stops the TTS workers and the STT pool. Cloud services are not here:
 they are per call (they carry an organization's key) and cost nothing to build.
 
@@ -29,20 +35,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import resource
 import threading
 import time
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
+from vr3ai.agent.services.audio import synthesize_trimmed
 from vr3ai.agent.services.base import TextToSpeech
-from vr3ai.agent.services.cache import TtsCache
+from vr3ai.agent.services.cache import CacheKey, TtsCache, cache_key
 from vr3ai.agent.services.flite import FliteTTS
 from vr3ai.agent.services.piper import PiperTTS, piper_available
 from vr3ai.agent.services.vad import SileroModel
 from vr3ai.agent.services.whisper import WhisperSTT
+
+log = logging.getLogger("vr3ai.agent.runtime")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -88,6 +101,11 @@ class VoiceRuntime:
         self._start_lock: asyncio.Lock | None = None
         self._started = False
         self.start_ms: dict[str, int] = {}
+        self._warm_queue: deque[tuple[CacheKey, TextToSpeech, str]] = deque()
+        self._warm_keys: set[CacheKey] = set()
+        self._warm_task: asyncio.Task[None] | None = None
+        self.warmed = 0
+        self.warm_failed = 0
 
     # ---------------------------------------------------------------- process-wide instance
     @classmethod
@@ -158,7 +176,65 @@ class VoiceRuntime:
         if tts_engine:
             await self.local_tts(tts_engine).start()
 
+    # ---------------------------------------------------------------- cache warming
+    def warm(self, texts: Iterable[str], tts: TextToSpeech | None = None) -> int:
+        """Queue ``texts`` for background synthesis into the cache; returns how many were new.
+
+        Never blocks and never raises: a text that fails is logged (not retried until asked again)."""
+        tts = tts or self.local_tts()
+        added = 0
+        for text in texts:
+            if not text or not text.strip():
+                continue
+            key = cache_key(tts, text)
+            if key in self._warm_keys or self.cache.has(key):
+                continue
+            self._warm_keys.add(key)
+            self._warm_queue.append((key, tts, text))
+            added += 1
+        if added and (self._warm_task is None or self._warm_task.done()):
+            self._warm_task = asyncio.get_running_loop().create_task(self._warm_loop(), name="tts-cache-warm")
+        return added
+
+    @property
+    def warm_pending(self) -> int:
+        return len(self._warm_keys)
+
+    async def warmed_up(self, timeout_s: float) -> bool:
+        """Wait until the warm queue is empty (True) or ``timeout_s`` passed (False)."""
+        task = self._warm_task
+        if task is None or task.done():
+            return True
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        return bool(done)
+
+    async def _warm_loop(self) -> None:
+        while self._warm_queue:
+            key, tts, text = self._warm_queue.popleft()
+            try:
+                await tts.start()
+                # One at a time, not urgent: live calls' sentences are served first.
+                await self.cache.get_or_make(key, partial(synthesize_trimmed, tts, text))
+                self.warmed += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.warm_failed += 1
+                log.warning(
+                    "could not pre-synthesise a fixed text; calls will synthesise it live",
+                    extra={"engine": tts.engine, "error": f"{type(exc).__name__}: {exc}"[:200]},
+                )
+            finally:
+                self._warm_keys.discard(key)
+
     async def close(self) -> None:
+        task, self._warm_task = self._warm_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._warm_queue.clear()
+        self._warm_keys.clear()
         if self._piper is not None:
             with contextlib.suppress(Exception):
                 await self._piper.close()
