@@ -477,6 +477,11 @@ async def main() -> None:
         help="A/B experiment: the platform's sessions never re-anchor their play-out model",
     )
     ap.add_argument(
+        "--media-asgi",
+        action="store_true",
+        help="A/B experiment: the platform serves the media socket through ASGI (before vr3ai.media.direct)",
+    )
+    ap.add_argument(
         "--gc-freeze",
         action="store_true",
         help="experiment: the platform calls gc.freeze() once up (full GCs skip start-up objects)",
@@ -503,6 +508,7 @@ async def main() -> None:
         await lab.warm_up()
         async with CallerFleet(lab, clips=clips) as fleet:
             plat_args = (["--no-resync"] if args.no_resync else []) + (["--gc-freeze"] if args.gc_freeze else [])
+            plat_args += ["--media-asgi"] if args.media_asgi else []
             plat = PlatformProcess(
                 lab, agent=args.agent, data_dir=work / "data", log_path=work / "platform.log", extra_args=plat_args
             )

@@ -373,6 +373,12 @@ async def main() -> None:
         help="A/B experiment: sessions never re-anchor their play-out model (MediaSession._resync "
         "becomes a no-op), to see what the re-anchoring does under load",
     )
+    ap.add_argument(
+        "--media-asgi",
+        action="store_true",
+        help="A/B experiment: the media socket through ASGI (uvicorn websockets-sansio + Starlette) "
+        "instead of vr3ai.media.direct",
+    )
     ap.add_argument("--greeting", default=None, help="voice agent: the start node's greeting text")
     ap.add_argument("--greeting-s", type=float, default=1.5, help="minimal agent: greeting length in seconds")
     ap.add_argument("--barge-in", action="store_true", help="minimal agent: flush on the first loud caller frame")
@@ -406,7 +412,11 @@ async def main() -> None:
 
     args.data_dir.mkdir(parents=True, exist_ok=True)
     async with running_platform(
-        args.data_dir, port=args.port, agent_factory=factory, max_concurrent_calls=args.max_calls
+        args.data_dir,
+        port=args.port,
+        agent_factory=factory,
+        max_concurrent_calls=args.max_calls,
+        media_ws="websockets-sansio" if args.media_asgi else "direct",
     ) as p:
         meter = Meter(p.services.media, warn)
         meter.patch_resync(apply=not args.no_resync)

@@ -8,6 +8,7 @@ import gc
 import logging
 import signal
 import sys
+from typing import Any
 
 import uvicorn
 
@@ -18,17 +19,21 @@ from vr3ai.settings import Settings
 log = logging.getLogger("vr3ai.server")
 
 
-def _uvicorn_config(app: object, host: str, port: int, **kw: object) -> uvicorn.Config:
-    # websockets-sansio: its 101 reply ("Connection: Upgrade", no extensions unless offered) passes
-    # Asterisk's strict handshake check; access logs off because URLs may carry credentials.
+def uvicorn_config(app: Any, **kw: Any) -> uvicorn.Config:
+    """How every VR3 AI HTTP listener is configured (``vr3ai serve`` and the test platforms).
+
+    The media path is served by :class:`vr3ai.media.direct.MediaWebSocketProtocol`: uvicorn's
+    websockets-sansio protocol (its 101 reply, "Connection: Upgrade" and no extensions unless
+    offered, passes Asterisk's strict handshake check) that carries the media frames itself
+    instead of through ASGI. Access logs are off because URLs may carry credentials."""
+    from vr3ai.media.direct import media_ws_protocol
+
     return uvicorn.Config(
         app,
-        host=host,
-        port=port,
-        ws="websockets-sansio",
+        ws=media_ws_protocol(app.state.services.media),
         log_config=None,
         access_log=False,
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 
@@ -58,14 +63,14 @@ async def _serve(settings: Settings) -> None:
             file=sys.stdout,
             flush=True,
         )
-    main = uvicorn.Server(_uvicorn_config(app, settings.host, settings.port, lifespan="on"))
+    main = uvicorn.Server(uvicorn_config(app, host=settings.host, port=settings.port, lifespan="on"))
     servers = [main]
     if settings.media_tls_port and settings.media_tls_cert and settings.media_tls_key:
         tls = uvicorn.Server(
-            _uvicorn_config(
+            uvicorn_config(
                 app,
-                settings.host,
-                settings.media_tls_port,
+                host=settings.host,
+                port=settings.media_tls_port,
                 lifespan="off",
                 ssl_certfile=settings.media_tls_cert,
                 ssl_keyfile=settings.media_tls_key,

@@ -45,6 +45,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from vr3ai.media.clock import shared_clock
+from vr3ai.media.direct import media_ws_protocol
 from vr3ai.media.interface import CallEnded, Dtmf, MarkHeard
 from vr3ai.media.protocol import (
     Answer,
@@ -105,7 +106,9 @@ async def serve(registry: MediaRegistry) -> AsyncIterator[tuple[str, int, asynci
     app = FastAPI()
     app.include_router(media_router(registry))
     # log_config=None: uvicorn's own loggers propagate to the root, where the test sees tracebacks.
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_config=None, ws="auto")
+    # The production path: the media socket served by vr3ai.media.direct, not through ASGI.
+    ws = media_ws_protocol(registry)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_config=None, ws=ws)
     server = uvicorn.Server(config)
     task = asyncio.get_running_loop().create_task(server.serve(), name="fuzz-uvicorn")
     for _ in range(500):

@@ -21,6 +21,7 @@ import uvicorn
 
 from vr3ai.app import create_app
 from vr3ai.core.orgs import create_organization
+from vr3ai.server import uvicorn_config
 from vr3ai.services import Services
 from vr3ai.settings import Settings
 from vr3ai.telephony.ari.calls import AgentFactory
@@ -126,8 +127,11 @@ async def running_platform(
     tls_port: int = 0,
     tls_cert: str = "",
     tls_key: str = "",
+    media_ws: str = "direct",
     **settings_kw: Any,
 ) -> AsyncIterator[RunningPlatform]:
+    """``media_ws="websockets-sansio"`` serves the media socket through ASGI (the fallback path)
+    instead of vr3ai.media.direct, for A/B benchmarks."""
     settings = Settings(
         data_dir=data_dir,
         database_url=database_url,
@@ -145,7 +149,9 @@ async def running_platform(
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
-    config = uvicorn.Config(app, ws="websockets-sansio", log_config=None, access_log=False, lifespan="on")
+    config = uvicorn_config(app, lifespan="on")
+    if media_ws != "direct":
+        config.ws = media_ws
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -153,13 +159,10 @@ async def running_platform(
     tls_task: asyncio.Task[None] | None = None
     if tls_port:
         # The wss:// media listener, as `vr3ai serve` runs it with VR3AI_MEDIA_TLS_* set.
-        tls_config = uvicorn.Config(
+        tls_config = uvicorn_config(
             app,
             host="127.0.0.1",
             port=tls_port,
-            ws="websockets-sansio",
-            log_config=None,
-            access_log=False,
             lifespan="off",
             ssl_certfile=tls_cert,
             ssl_keyfile=tls_key,

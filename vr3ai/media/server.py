@@ -328,7 +328,11 @@ async def handle_media_socket(websocket: WebSocket, registry: MediaRegistry) -> 
     except Exception:
         log.info("media socket went away during the handshake", extra={"peer": peer})
         return
-    transport = StarletteTransport(websocket)
+    await serve_media(StarletteTransport(websocket), registry, peer, authorization)
+
+
+async def serve_media(transport: Any, registry: MediaRegistry, peer: str, authorization: str | None) -> None:
+    """An accepted media socket, from MEDIA_START to close, whatever carries it (ASGI or direct)."""
     try:
         first = await asyncio.wait_for(transport.receive(), registry.media_start_timeout)
     except TimeoutError:

@@ -531,9 +531,14 @@ class MediaSession:
         self._fill(self._clock.now())
         receive = self._transport.receive
         clock_now = self._clock.now
+        # A transport that can push (vr3ai.media.direct) calls us from its data_received: no task
+        # wake-up per 20 ms frame. The others are read in a loop.
+        attach = getattr(self._transport, "attach", None)
         error: BaseException | None = None
         try:
-            while True:
+            if attach is not None:
+                await attach(self._on_message)
+            while attach is None:
                 msg = await receive()
                 if msg is None:
                     break
@@ -559,6 +564,12 @@ class MediaSession:
         finally:
             self._finish(error)
         return self.closed.result()
+
+    def _on_message(self, msg: str | bytes) -> None:
+        if isinstance(msg, str):
+            self._on_text(msg, self._clock.now())
+        else:
+            self._on_audio(msg, self._clock.now())
 
     def _on_audio(self, data: bytes, now: float) -> None:
         stats = self.stats

@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from vr3ai.media.codec import pcm16_to_ulaw, ulaw_to_pcm16
+from vr3ai.media.direct import DirectTransport, media_ws_protocol
 from vr3ai.media.interface import CallEnded, Dtmf, MarkHeard
 from vr3ai.media.protocol import ControlFormat, DtmfEnd, MediaStart, format_event
 from vr3ai.media.server import (
@@ -37,7 +38,7 @@ from vr3ai.media.session import MediaConfig, MediaFormatError, MediaSession
 USER, PASSWORD = "vr3ai-media", "media-secret"
 AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 
-WS_IMPLS = ["websockets-sansio"] + (["wsproto"] if importlib.util.find_spec("wsproto") else [])
+WS_IMPLS = ["direct", "websockets-sansio"] + (["wsproto"] if importlib.util.find_spec("wsproto") else [])
 try:  # uvicorn's legacy websockets protocol (deprecated), if this websockets version still has it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -49,10 +50,13 @@ except Exception:  # pragma: no cover - depends on installed versions
 
 
 @asynccontextmanager
-async def serve(registry: MediaRegistry, ws: str = "auto") -> AsyncIterator[str]:
+async def serve(registry: MediaRegistry, ws: str = "direct") -> AsyncIterator[str]:
+    """``direct``: the production path (vr3ai.media.direct, no ASGI); otherwise a uvicorn WebSocket
+    implementation carrying the ASGI endpoint (the fallback)."""
     app = FastAPI()
     app.include_router(media_router(registry))
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning", ws=ws)
+    impl: Any = media_ws_protocol(registry) if ws == "direct" else ws
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning", ws=impl)
     server = uvicorn.Server(config)
     task = asyncio.get_running_loop().create_task(server.serve())
     for _ in range(500):
@@ -149,9 +153,10 @@ async def test_handshake_reply_satisfies_asterisk(ws_impl: str) -> None:
     assert "sec-websocket-extensions" not in headers
 
 
-async def test_full_call_through_real_server() -> None:
+@pytest.mark.parametrize("ws_impl", ["direct", "websockets-sansio"])
+async def test_full_call_through_real_server(ws_impl: str) -> None:
     registry = MediaRegistry(MediaConfig(status_interval_s=0))
-    async with serve(registry) as url:
+    async with serve(registry, ws_impl) as url:
         fut = registry.expect("chan-1", (USER, PASSWORD))
         async with asterisk(url, query="?call_ref=x") as ws:
             assert ws.subprotocol == "media"
@@ -439,7 +444,7 @@ async def test_hangup_is_bounded_when_asterisk_stops_reading() -> None:
         session = await asyncio.wait_for(fut, 5)
         # From here on the peer reads nothing: fill every buffer until sends have to wait.
         transport = session._transport
-        assert isinstance(transport, StarletteTransport)
+        assert isinstance(transport, DirectTransport)
         for _ in range(2000):
             transport.send_bytes(b"\xff" * 16000)
             if transport.suspended_sends:

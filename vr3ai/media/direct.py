@@ -1,0 +1,312 @@
+"""The media WebSocket served straight from uvicorn's protocol object, without ASGI.
+
+Why: at 25 concurrent calls, profiles put about half of the platform's CPU in carrying each 20 ms
+frame through ASGI: uvicorn's websockets-sansio protocol builds a message dict, queues it, pauses
+the socket's reading (an epoll change) until the app's ``receive`` takes it and resumes reading
+(another), Starlette wraps and unwraps it, and our reader task wakes up once per frame. At 100
+calls that is 5,000 round trips a second on 2 cores. Here the same uvicorn protocol class (same
+port, same URL, same handshake code) takes the connection over when the path is the media path:
+
+* inbound frames are parsed by ``websockets``' sans-I/O parser, as before, and handed to the
+  :class:`~vr3ai.media.session.MediaSession` by a plain call from ``data_received`` (the session's
+  ``attach`` push mode): no queue, no task wake-up, no flow-control toggling;
+* outbound audio is framed by hand (a server frame is 2-4 header bytes and the payload, never
+  masked) and written to the TCP transport; control messages likewise. The close handshake, pings
+  and protocol errors stay with ``websockets``/uvicorn.
+
+Every other WebSocket path (there is none today) and every HTTP request still go through ASGI.
+The ASGI endpoint in :mod:`vr3ai.media.server` stays as the fallback for servers started without
+this protocol class; both share :func:`vr3ai.media.server.serve_media` from MEDIA_START on, so the
+checks (expected channel id, Basic auth, format) are the same code.
+
+Back-pressure: a peer that stops reading makes the TCP write buffer grow; past ``_MAX_BUFFERED``
+(about 15 s of u-law audio) further audio is dropped and counted, control messages still go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any, ClassVar
+from urllib.parse import unquote
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
+from websockets.frames import Frame
+from websockets.http11 import Request
+
+from vr3ai.media.server import MEDIA_SUBPROTOCOL, MEDIA_WS_PATH, MediaRegistry, serve_media
+
+log = logging.getLogger("vr3ai.media.direct")
+
+_MAX_BUFFERED = 256 * 1024
+_CLOSE_TIMEOUT_S = 1.0
+CLOSE_INVALID_DATA = 1007
+
+
+def _frame(opcode: int, payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        return bytes((opcode, n)) + payload
+    if n < 65536:
+        return bytes((opcode, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((opcode, 127)) + n.to_bytes(8, "big") + payload
+
+
+class DirectTransport:
+    """:class:`~vr3ai.media.session.MediaTransport` on the uvicorn protocol object, with push."""
+
+    def __init__(self, proto: MediaWebSocketProtocol) -> None:
+        self._proto = proto
+        self._tcp = proto.transport
+        loop = proto.loop
+        self._inbox: deque[str | bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._sink: Callable[[str | bytes], None] | None = None
+        self._ended: asyncio.Future[None] = loop.create_future()
+        self._failed = False
+        self._closed_in = False
+        self._closed_out = False
+        self._close_code: int | None = None
+        self.dropped_sends = 0
+        self.suspended_sends = 0
+
+    @property
+    def close_code(self) -> int | None:
+        return self._close_code
+
+    # ---------------------------------------------------------------- from the protocol
+    def deliver(self, msg: str | bytes) -> None:
+        if self._closed_in or self._closed_out or self._failed:
+            return  # past our close frame: discard, as uvicorn does, until the peer's reply
+        sink = self._sink
+        if sink is None:
+            self._inbox.append(msg)
+            self._wake()
+            return
+        try:
+            sink(msg)
+        except Exception as exc:
+            # Ends the session's run() with this error (it logs it and closes with 1011).
+            self._failed = True
+            self._sink = None
+            if not self._ended.done():
+                self._ended.set_exception(exc)
+
+    def peer_closed(self, code: int | None) -> None:
+        if self._closed_in:
+            return
+        self._closed_in = True
+        self._close_code = code
+        self._wake()
+        if not self._ended.done():
+            self._ended.set_result(None)
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # ---------------------------------------------------------------- MediaTransport
+    async def receive(self) -> str | bytes | None:
+        while True:
+            if self._inbox:
+                return self._inbox.popleft()
+            if self._closed_in:
+                return None
+            self._waiter = self._proto.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def attach(self, sink: Callable[[str | bytes], None]) -> None:
+        """Deliver every further message by calling ``sink`` from ``data_received``; returns when
+        the socket is closed, raises what ``sink`` raised."""
+        while self._inbox:
+            sink(self._inbox.popleft())
+        if self._closed_in:
+            return
+        self._sink = sink
+        try:
+            await self._ended
+        finally:
+            self._sink = None
+
+    def send_bytes(self, data: bytes) -> None:
+        if self._closed_out or self._closed_in or self._tcp.is_closing():
+            return
+        if not self._proto.writable.is_set():
+            self.suspended_sends += 1
+            if self._tcp.get_write_buffer_size() > _MAX_BUFFERED:
+                self.dropped_sends += 1
+                return
+        self._tcp.write(_frame(0x82, data))
+
+    def send_text(self, text: str) -> None:
+        if self._closed_out or self._closed_in or self._tcp.is_closing():
+            return
+        self._tcp.write(_frame(0x81, text.encode()))
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Queue the close frame behind everything sent so far; the TCP connection is closed when
+        the peer answers, or after 1 s if it does not (a peer that stopped reading)."""
+        if self._closed_out:
+            return
+        self._closed_out = True
+        p = self._proto
+        if self._closed_in or self._tcp.is_closing() or p.close_sent:
+            return
+        try:
+            p.conn.send_close(code, reason)
+        except InvalidState:
+            return
+        self._tcp.write(b"".join(p.conn.data_to_send()))
+        p.close_sent = True
+        p.close_timer = p.loop.call_later(_CLOSE_TIMEOUT_S, self._tcp.close)
+
+
+class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol that serves the media path itself (see module doc).
+
+    Use :func:`media_ws_protocol` to get the class bound to a registry, and pass it to
+    ``uvicorn.Config(ws=...)``."""
+
+    media_registry: ClassVar[MediaRegistry]
+    media_path: ClassVar[str] = MEDIA_WS_PATH
+    _direct: DirectTransport | None = None
+
+    def handle_connect(self, event: Request) -> None:
+        if unquote(event.path.partition("?")[0]) != self.media_path:
+            super().handle_connect(event)
+            return
+        self.request = event
+        self.response = self.conn.accept(event)
+        self.handshake_initiated = True
+        if self.response.status_code != 101:  # not a valid upgrade: websockets wrote why
+            self.handshake_complete = True
+            self.close_sent = True
+            self.conn.send_response(self.response)
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
+            return
+        offered = [t.strip() for h in event.headers.get_all("Sec-WebSocket-Protocol") for t in h.split(",")]
+        peer = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+        if MEDIA_SUBPROTOCOL not in offered:
+            # Without `media` Asterisk still works, but a reply naming a protocol it did not offer
+            # would fail its handshake check.
+            log.info("media socket without subprotocol 'media'", extra={"peer": peer})
+        # The same reply as uvicorn's ASGI accept: "Connection: Upgrade" as the whole value, no
+        # extensions (chan_websocket offers none), the subprotocol only if offered.
+        del self.response.headers["Date"]
+        self.response.headers.update(
+            (name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in self.default_headers
+        )
+        if MEDIA_SUBPROTOCOL in offered:
+            self.response.headers["Sec-WebSocket-Protocol"] = MEDIA_SUBPROTOCOL
+        self.handshake_complete = True
+        self.conn.send_response(self.response)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.start_keepalive()
+        self._direct = DirectTransport(self)
+        task = self.loop.create_task(self._serve(peer, event.headers.get("Authorization")))
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
+
+    async def _serve(self, peer: str, authorization: str | None) -> None:
+        assert self._direct is not None
+        try:
+            await serve_media(self._direct, self.media_registry, peer, authorization)
+        except Exception:
+            log.exception("media socket handler failed", extra={"peer": peer})
+        finally:
+            if self.close_timer is None:
+                self.transport.close()
+
+    # ---------------------------------------------------------------- frames
+    def handle_text(self, event: Frame) -> None:
+        if self._direct is None:
+            super().handle_text(event)
+        elif event.fin:
+            self._deliver_text(event.data)
+        else:
+            self.curr_msg_data_type = "text"
+            self.frames = [event.data]  # type: ignore[list-item]
+
+    def handle_bytes(self, event: Frame) -> None:
+        if self._direct is None:
+            super().handle_bytes(event)
+        elif event.fin:
+            self._direct.deliver(bytes(event.data))
+        else:
+            self.curr_msg_data_type = "bytes"
+            self.frames = [event.data]  # type: ignore[list-item]
+
+    def handle_cont(self, event: Frame) -> None:
+        d = self._direct
+        if d is None:
+            super().handle_cont(event)
+            return
+        self.frames.append(event.data)  # type: ignore[arg-type]
+        if event.fin:
+            data = b"".join(self.frames)
+            self.frames = []
+            if self.curr_msg_data_type == "text":
+                self._deliver_text(data)
+            else:
+                d.deliver(data)
+
+    def _deliver_text(self, data: Any) -> None:
+        d = self._direct
+        assert d is not None
+        try:
+            text = bytes(data).decode()
+        except UnicodeDecodeError:
+            # A broken peer, not our failure: say so once, close with 1007 (invalid data).
+            log.warning("media socket sent a text frame that is not UTF-8; closing with 1007")
+            self._protocol_close(CLOSE_INVALID_DATA, "invalid UTF-8")
+            return
+        d.deliver(text)
+
+    def _protocol_close(self, code: int, reason: str) -> None:
+        d = self._direct
+        if d is not None:
+            d.peer_closed(code)
+        if self.close_sent or self.transport.is_closing():
+            return
+        try:
+            self.conn.send_close(code, reason)
+        except InvalidState:
+            return
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.close_timer = self.loop.call_later(_CLOSE_TIMEOUT_S, self.transport.close)
+
+    # ---------------------------------------------------------------- endings
+    def handle_close(self, event: Frame) -> None:
+        super().handle_close(event)
+        d = self._direct
+        if d is not None:
+            rcvd = self.conn.close_rcvd
+            d.peer_closed(rcvd.code if rcvd is not None else 1005)
+
+    def handle_parser_exception(self) -> None:
+        super().handle_parser_exception()
+        d = self._direct
+        if d is not None:
+            sent = self.conn.close_sent
+            d.peer_closed(sent.code if sent is not None else 1002)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        d = self._direct
+        if d is not None:
+            d.peer_closed(1006)
+
+
+def media_ws_protocol(registry: MediaRegistry, path: str = MEDIA_WS_PATH) -> type[MediaWebSocketProtocol]:
+    """The protocol class for ``uvicorn.Config(ws=...)``, bound to the app's media registry."""
+    attrs = {"media_registry": registry, "media_path": path}
+    return type("BoundMediaWebSocketProtocol", (MediaWebSocketProtocol,), attrs)
