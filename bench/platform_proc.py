@@ -379,6 +379,7 @@ async def main() -> None:
         help="A/B experiment: the media socket through ASGI (uvicorn websockets-sansio + Starlette) "
         "instead of vr3ai.media.direct",
     )
+    ap.add_argument("--asyncio-loop", action="store_true", help="the standard asyncio loop instead of uvloop")
     ap.add_argument("--greeting", default=None, help="voice agent: the start node's greeting text")
     ap.add_argument("--greeting-s", type=float, default=1.5, help="minimal agent: greeting length in seconds")
     ap.add_argument("--barge-in", action="store_true", help="minimal agent: flush on the first loud caller frame")
@@ -478,4 +479,12 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    # The loop `vr3ai serve` runs (vr3ai.server.serve): uvloop, unless --asyncio-loop asks for the
+    # standard one (an A/B experiment).
+    if "--asyncio-loop" in sys.argv:
+        asyncio.run(main())
+    else:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())

@@ -1,14 +1,28 @@
-"""G.711 u-law <-> PCM16 with numpy lookup tables.
+"""G.711 u-law <-> PCM16 with numpy lookup tables, and ``audioop`` for the per-frame decode.
 
-Why not ``audioop``: it is gone in Python 3.13. Tables make both directions one vectorised
-indexing operation per 20 ms frame (microseconds), which matters at 100 concurrent calls.
+Tables make both directions one vectorised indexing operation, available on every Python. The hot
+path, decoding each 20 ms caller frame, is 4 us with numpy (array set-up dominates 160 samples)
+and 0.25 us with ``audioop`` (C, bit-identical output: checked over all 256 codes in the unit
+tests), so ``audioop`` is used where it exists: the stdlib up to 3.12, the ``audioop-lts`` backport
+after. Encoding stays on the tables (it runs once per utterance, and audioop rounds a few of the
+65,536 inputs differently).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+
+_audioop: Any
+try:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop as _audioop
+except ImportError:  # pragma: no cover - Python >= 3.13 without audioop-lts
+    _audioop = None
 
 _BIAS = 0x84
 _CLIP = 32635
@@ -39,8 +53,15 @@ PCM_TO_ULAW = _build_encode()  # index: sample + 32768
 ULAW_SILENCE = 0xFF
 
 
-def ulaw_to_pcm16(data: bytes) -> bytes:
+def _ulaw_to_pcm16_np(data: bytes) -> bytes:
     return ULAW_TO_PCM[np.frombuffer(data, dtype=np.uint8)].tobytes()
+
+
+def _ulaw_to_pcm16_c(data: bytes) -> bytes:
+    return _audioop.ulaw2lin(data, 2)  # type: ignore[no-any-return]
+
+
+ulaw_to_pcm16: Callable[[bytes], bytes] = _ulaw_to_pcm16_c if _audioop is not None else _ulaw_to_pcm16_np
 
 
 def pcm16_to_ulaw(data: bytes) -> bytes:

@@ -7,9 +7,12 @@ the socket's reading (an epoll change) until the app's ``receive`` takes it and 
 calls that is 5,000 round trips a second on 2 cores. Here the same uvicorn protocol class (same
 port, same URL, same handshake code) takes the connection over when the path is the media path:
 
-* inbound frames are parsed by ``websockets``' sans-I/O parser, as before, and handed to the
-  :class:`~vr3ai.media.session.MediaSession` by a plain call from ``data_received`` (the session's
-  ``attach`` push mode): no queue, no task wake-up, no flow-control toggling;
+* inbound frames are handed to the :class:`~vr3ai.media.session.MediaSession` by a plain call from
+  ``data_received`` (the session's ``attach`` push mode): no queue, no task wake-up, no
+  flow-control toggling. The frames chan_websocket sends (complete, masked, text or binary, and
+  pongs) are parsed here in a few lines (unmasking in C); the first frame that is anything else
+  (close, fragmented, reserved bits, oversized, a protocol error) hands that byte and all later
+  ones to ``websockets``' sans-I/O parser, which handles the rest of the connection as before;
 * outbound audio is framed by hand (a server frame is 2-4 header bytes and the payload, never
   masked) and written to the TCP transport; control messages likewise. The close handshake, pings
   and protocol errors stay with ``websockets``/uvicorn.
@@ -34,7 +37,7 @@ from urllib.parse import unquote
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
-from websockets.frames import Frame
+from websockets.frames import Frame, Opcode, apply_mask
 from websockets.http11 import Request
 
 from vr3ai.media.server import MEDIA_SUBPROTOCOL, MEDIA_WS_PATH, MediaRegistry, serve_media
@@ -42,6 +45,8 @@ from vr3ai.media.server import MEDIA_SUBPROTOCOL, MEDIA_WS_PATH, MediaRegistry, 
 log = logging.getLogger("vr3ai.media.direct")
 
 _MAX_BUFFERED = 256 * 1024
+_MAX_FAST_FRAME = 1 << 20
+"""Larger frames (and anything unusual) go to websockets' parser, which enforces uvicorn's limit."""
 _CLOSE_TIMEOUT_S = 1.0
 CLOSE_INVALID_DATA = 1007
 
@@ -177,6 +182,52 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
     media_registry: ClassVar[MediaRegistry]
     media_path: ClassVar[str] = MEDIA_WS_PATH
     _direct: DirectTransport | None = None
+    _pending: bytes = b""
+    _parser_owns: bool = False  # once bytes went to websockets' parser, it gets all later ones
+
+    def data_received(self, data: bytes) -> None:
+        d = self._direct
+        if d is None or self._parser_owns:
+            super().data_received(data)
+            return
+        buf = self._pending + data if self._pending else data
+        self._pending = b""
+        pos, end = 0, len(buf)
+        while end - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            n = b1 & 0x7F
+            head = pos + 2
+            if n == 126:
+                if end - head < 2:
+                    break
+                n = int.from_bytes(buf[head : head + 2], "big")
+                head += 2
+            opcode = b0 & 0x0F
+            if (
+                (b0 & 0xF0) != 0x80  # not final, or reserved bits
+                or not b1 & 0x80  # client frames must be masked
+                or n == 127
+                or n > _MAX_FAST_FRAME
+                or opcode not in (0x1, 0x2, 0xA)
+                or (opcode == 0xA and n > 125)
+            ):
+                self._parser_owns = True
+                super().data_received(buf[pos:])
+                return
+            if end - head < 4 + n:
+                break
+            payload = apply_mask(buf[head + 4 : head + 4 + n], buf[head : head + 4])
+            pos = head + 4 + n
+            if opcode == 0x2:
+                d.deliver(payload)
+            elif opcode == 0x1:
+                self._deliver_text(payload)
+            else:
+                self.handle_pong(Frame(Opcode.PONG, payload))
+            if self.transport.is_closing():
+                return
+        if pos < end:
+            self._pending = buf[pos:]
 
     def handle_connect(self, event: Request) -> None:
         if unquote(event.path.partition("?")[0]) != self.media_path:

@@ -462,3 +462,84 @@ async def test_hangup_is_bounded_when_asterisk_stops_reading() -> None:
             await asyncio.sleep(0.01)
         assert registry.active == {}
         writer.transport.abort()
+
+
+def _masked(opcode: int, payload: bytes, fin: bool = True, key: bytes = b"\x5a\x01\xf0\x3c") -> bytes:
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    head += bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+async def test_direct_frame_parsing_split_batched_and_handed_over() -> None:
+    """The media path's own frame parser: frames split at every byte, several in one segment, and
+    the hand-over to websockets' parser at the first frame it does not take (a fragmented one)."""
+    registry = MediaRegistry(MediaConfig(status_interval_s=0))
+    async with serve(registry) as url:
+        port = int(url.split(":")[2].split("/")[0])
+        fut = registry.expect("split")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        key = base64.b64encode(b"split-frames-key").decode()
+        writer.write(
+            (
+                f"GET {MEDIA_WS_PATH} HTTP/1.1\r\nSec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nHost: 127.0.0.1:{port}\r\nSec-WebSocket-Protocol: media\r\n"
+                f"Sec-WebSocket-Key: {key}\r\n\r\n"
+            ).encode()
+        )
+        await reader.readuntil(b"\r\n\r\n")
+        start = _masked(0x1, media_start_text("split").encode())
+        for i in range(len(start)):  # one byte per segment
+            writer.write(start[i : i + 1])
+            await writer.drain()
+            await asyncio.sleep(0)
+        session = await asyncio.wait_for(fut, 5)
+        frames = session.frames()
+        events = session.events()
+        a, b = bytes(range(160)), bytes(range(95, 255))
+        big = bytes(range(256)) * 4  # 1024 bytes: the 16-bit length form
+        writer.write(_masked(0x2, a) + _masked(0x2, b) + _masked(0x2, big)[:700])
+        await writer.drain()
+        assert await asyncio.wait_for(anext(frames), 2) == ulaw_to_pcm16(a)
+        assert await asyncio.wait_for(anext(frames), 2) == ulaw_to_pcm16(b)
+        writer.write(_masked(0x2, big)[700:] + _masked(0x1, format_event(DtmfEnd("5", "split")).encode()))
+        assert await asyncio.wait_for(anext(frames), 2) == ulaw_to_pcm16(big)
+        ev = await asyncio.wait_for(anext(events), 2)
+        assert isinstance(ev, Dtmf) and ev.digit == "5"
+        # A fragmented binary message: websockets' parser takes over from here and reassembles it.
+        writer.write(_masked(0x2, a[:100], fin=False) + _masked(0x0, a[100:]) + _masked(0x2, b))
+        assert await asyncio.wait_for(anext(frames), 2) == ulaw_to_pcm16(a)
+        assert await asyncio.wait_for(anext(frames), 2) == ulaw_to_pcm16(b)
+        writer.write(_masked(0x8, (1000).to_bytes(2, "big")))
+        info = await asyncio.wait_for(session.closed, 3)
+        assert info.initiator == "remote" and info.code == 1000
+        writer.transport.abort()
+
+
+async def test_direct_path_closes_1007_on_invalid_utf8_text() -> None:
+    registry = MediaRegistry(MediaConfig(status_interval_s=0))
+    async with serve(registry) as url:
+        port = int(url.split(":")[2].split("/")[0])
+        fut = registry.expect("bad-utf8")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        key = base64.b64encode(b"utf8-frames-key!").decode()
+        writer.write(
+            (
+                f"GET {MEDIA_WS_PATH} HTTP/1.1\r\nSec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nHost: 127.0.0.1:{port}\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+            ).encode()
+        )
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(_masked(0x1, media_start_text("bad-utf8").encode()))
+        session = await asyncio.wait_for(fut, 5)
+        writer.write(_masked(0x1, b"\xff\xfe MARK_MEDIA"))
+        info = await asyncio.wait_for(session.closed, 3)
+        assert info.code == 1007
+        data = b""
+        while b"\x88" not in data:  # skip the silence the session streamed, find the close frame
+            chunk = await asyncio.wait_for(reader.read(65536), 3)
+            assert chunk
+            data += chunk
+        close = data[data.index(b"\x88") :]
+        assert int.from_bytes(close[2:4], "big") == 1007
+        writer.transport.abort()
