@@ -88,6 +88,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await upgrade(svc.db)
+        await svc.db.warm()
         await close_orphan_runs(svc)
         factory = agent_factory or _load_factory(settings.agent_factory)
         voice: Any = None
