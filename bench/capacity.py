@@ -123,6 +123,7 @@ class StepResult:
     runs: dict[str, int] = field(default_factory=dict)
     end_reasons: dict[str, int] = field(default_factory=dict)
     threads_ms: dict[str, float] = field(default_factory=dict)
+    stages: dict[str, list[float]] = field(default_factory=dict)
     load: str = ""
 
     def per_call_s(self, ms: float) -> float:
@@ -281,6 +282,22 @@ async def run_step(
         res.runs[r["status"]] = res.runs.get(r["status"], 0) + 1
         reason = str(r.get("end_reason"))
         res.end_reasons[reason] = res.end_reasons.get(reason, 0) + 1
+        if args.agent == "voice":
+            # Where the time of each turn went, as the agent measured it (its per-turn metrics).
+            for m in (await plat.run_detail(r["id"])).get("metrics", []):
+                if not isinstance(m, dict) or m.get("kind") != "speech" or "v2v_ms" not in m:
+                    continue
+                parts = {
+                    "vad stop": m["vad_end_ms"] - m["speech_end_ms"],
+                    "stt": m.get("stt_ms"),
+                    "vad end -> transcript": m.get("transcript_ms"),
+                    "vad end -> first audio": m.get("first_audio_ms"),
+                    "tts first chunk": m.get("tts_first_ms"),
+                    "v2v (agent clock)": m.get("v2v_ms"),
+                }
+                for k, v in parts.items():
+                    if isinstance(v, int | float):
+                        res.stages.setdefault(k, []).append(float(v))
     fleet.live = [c for c in fleet.live if c.closed_at is None]
     return res
 
@@ -376,6 +393,11 @@ def print_tables(results: list[StepResult], agent: str, idle: dict[str, Any]) ->
                     f"earlier {v['earlier']}"
                     for k, v in rs.items()
                 )
+            )
+        if r.stages:
+            extra.append(
+                "voice stages p50/p95 ms: "
+                + ", ".join(f"{k} {fmt(pct(v, 50), 0)}/{fmt(pct(v, 95), 0)}" for k, v in r.stages.items())
             )
         g2 = r.gc_pauses.get("gen2", {})
         if r.gc_pauses.get("forced_full_ms") is not None:
