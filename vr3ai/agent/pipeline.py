@@ -64,6 +64,12 @@ setup to greeting audio (cached) 1-5 ms; voice-to-voice with Piper-synthesised r
 581-628 ms, p95 756-876 ms; VAD + plumbing floor (no models after the VAD) p50 285 ms; barge-in
 159-201 ms; 8 concurrent conversations p50 763-1087 ms, p95 1293-1480 ms. At load 3-20 the same
 runs gave v2v p50 0.9-1.4 s: every stage is CPU-bound on 2 cores.
+
+Through the real Asterisk (bench/voice_latency.py, bench/capacity.py --agent voice, load 0.2-3):
+StasisStart -> greeting heard 70 ms p95 (greeting pre-synthesised when the workflow was saved;
+engine lead-in silence cut), barge-in heard 132 ms p95, voice-to-voice p50 315-330 ms for one call
+(cached reply), and p95 0.8-1.1 s with 8-10 full conversations at once (12: 1.7 s; the wait for a
+free Whisper worker is what grows).
 """
 
 from __future__ import annotations

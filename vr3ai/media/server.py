@@ -1,5 +1,9 @@
 """The media WebSocket endpoint Asterisk's chan_websocket dials: ``/api/v1/telephony/ws/ari``.
 
+``vr3ai serve`` carries this socket without ASGI (:mod:`vr3ai.media.direct`, uvicorn's own
+protocol object pushing frames into the session); the ASGI endpoint below is the fallback for
+servers started without that protocol class. From MEDIA_START on both run :func:`serve_media`.
+
 Flow per connection: accept (subprotocol ``media`` when offered) -> wait at most
 ``media_start_timeout`` (2 s) for MEDIA_START -> look its ``channel_id`` up in the
 :class:`MediaRegistry` -> check HTTP Basic credentials if that call asked for them -> build a
