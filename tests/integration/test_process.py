@@ -122,8 +122,13 @@ async def _wait_run_status(c: httpx.AsyncClient, status: str, timeout_s: float =
     raise AssertionError(f"run never reached {status}: {runs[:1]}")
 
 
-async def test_sigkill_mid_call_then_restart_cleans_up(clean_asterisk_lab: AsteriskLab, tmp_path: Path) -> None:
-    lab = clean_asterisk_lab
+Serving = tuple[subprocess.Popen[bytes], int, Path, dict[str, str]]
+
+
+@asynccontextmanager
+async def _serving_a_call(lab: AsteriskLab, tmp_path: Path) -> AsyncIterator[Serving]:
+    """``vr3ai serve`` in a subprocess, set up, with one call up and its run ``running``: yields
+    (process, port, log path, API headers) while the call is up."""
     port = lab.media_port
     key = _org(tmp_path, port)
     log = tmp_path / "serve.log"
@@ -134,8 +139,14 @@ async def test_sigkill_mid_call_then_restart_cleans_up(clean_asterisk_lab: Aster
             call = await lab.call("8000", hold_s=60)
             await call.wait_answered(5)
             await _wait_run_status(c, "running")
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(5)
+        yield proc, port, log, headers
+
+
+async def test_sigkill_mid_call_then_restart_cleans_up(clean_asterisk_lab: AsteriskLab, tmp_path: Path) -> None:
+    lab = clean_asterisk_lab
+    async with _serving_a_call(lab, tmp_path) as (proc, port, log, headers):
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(5)
     # Our bridge is still in Asterisk; the caller may still be in it.
     assert any(b["id"].startswith("vr3b-") for b in await lab.ari_bridges())
     async with serve(tmp_path, port, log):
@@ -160,18 +171,9 @@ async def test_sigkill_mid_call_then_restart_cleans_up(clean_asterisk_lab: Aster
 
 async def test_sigterm_ends_calls_cleanly(clean_asterisk_lab: AsteriskLab, tmp_path: Path) -> None:
     lab = clean_asterisk_lab
-    port = lab.media_port
-    key = _org(tmp_path, port)
-    log = tmp_path / "serve.log"
-    headers = {"Authorization": f"Bearer {key}"}
-    async with serve(tmp_path, port, log) as proc:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as c:
-            await _setup(c, lab)
-            call = await lab.call("8000", hold_s=60)
-            await call.wait_answered(5)
-            await _wait_run_status(c, "running")
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(15) == 0
+    async with _serving_a_call(lab, tmp_path) as (proc, port, log, headers):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
     assert await lab.wait_no_channels(timeout_s=5) == []
     assert await lab.ari_bridges() == []
     async with serve(tmp_path, port, log):

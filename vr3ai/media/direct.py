@@ -161,16 +161,8 @@ class DirectTransport:
         if self._closed_out:
             return
         self._closed_out = True
-        p = self._proto
-        if self._closed_in or self._tcp.is_closing() or p.close_sent:
-            return
-        try:
-            p.conn.send_close(code, reason)
-        except InvalidState:
-            return
-        self._tcp.write(b"".join(p.conn.data_to_send()))
-        p.close_sent = True
-        p.close_timer = p.loop.call_later(_CLOSE_TIMEOUT_S, self._tcp.close)
+        if not self._closed_in:
+            self._proto.send_close(code, reason)
 
 
 class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -325,6 +317,11 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         d = self._direct
         if d is not None:
             d.peer_closed(code)
+        self.send_close(code, reason)
+
+    def send_close(self, code: int, reason: str) -> None:
+        """Our close frame, behind everything written so far; the TCP connection is closed when the
+        peer answers (handle_close) or after 1 s if it does not."""
         if self.close_sent or self.transport.is_closing():
             return
         try:

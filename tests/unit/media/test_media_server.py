@@ -425,21 +425,29 @@ def _masked_text(text: str) -> bytes:
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
+async def raw_upgrade(
+    port: int, seed: bytes, subprotocol: bool = True
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A bare TCP connection upgraded to the media WebSocket, as Asterisk does it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(seed).decode()
+    proto = "Sec-WebSocket-Protocol: media\r\n" if subprotocol else ""
+    writer.write(
+        (
+            f"GET {MEDIA_WS_PATH} HTTP/1.1\r\nSec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nHost: 127.0.0.1:{port}\r\n{proto}Sec-WebSocket-Key: {key}\r\n\r\n"
+        ).encode()
+    )
+    await reader.readuntil(b"\r\n\r\n")
+    return reader, writer
+
+
 async def test_hangup_is_bounded_when_asterisk_stops_reading() -> None:
     registry = MediaRegistry(MediaConfig(status_interval_s=0))
     async with serve(registry) as url:
         port = int(url.split(":")[2].split("/")[0])
         fut = registry.expect("wedged")
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        key = base64.b64encode(b"fedcba9876543210").decode()
-        writer.write(
-            (
-                f"GET {MEDIA_WS_PATH} HTTP/1.1\r\nSec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nHost: 127.0.0.1:{port}\r\nSec-WebSocket-Protocol: media\r\n"
-                f"Sec-WebSocket-Key: {key}\r\n\r\n"
-            ).encode()
-        )
-        await reader.readuntil(b"\r\n\r\n")
+        _reader, writer = await raw_upgrade(port, b"fedcba9876543210")
         writer.write(_masked_text(media_start_text("wedged")))  # like Asterisk: after the 101
         session = await asyncio.wait_for(fut, 5)
         # From here on the peer reads nothing: fill every buffer until sends have to wait.
@@ -478,16 +486,7 @@ async def test_direct_frame_parsing_split_batched_and_handed_over() -> None:
     async with serve(registry) as url:
         port = int(url.split(":")[2].split("/")[0])
         fut = registry.expect("split")
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        key = base64.b64encode(b"split-frames-key").decode()
-        writer.write(
-            (
-                f"GET {MEDIA_WS_PATH} HTTP/1.1\r\nSec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nHost: 127.0.0.1:{port}\r\nSec-WebSocket-Protocol: media\r\n"
-                f"Sec-WebSocket-Key: {key}\r\n\r\n"
-            ).encode()
-        )
-        await reader.readuntil(b"\r\n\r\n")
+        _reader, writer = await raw_upgrade(port, b"split-frames-key")
         start = _masked(0x1, media_start_text("split").encode())
         for i in range(len(start)):  # one byte per segment
             writer.write(start[i : i + 1])
@@ -521,15 +520,7 @@ async def test_direct_path_closes_1007_on_invalid_utf8_text() -> None:
     async with serve(registry) as url:
         port = int(url.split(":")[2].split("/")[0])
         fut = registry.expect("bad-utf8")
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        key = base64.b64encode(b"utf8-frames-key!").decode()
-        writer.write(
-            (
-                f"GET {MEDIA_WS_PATH} HTTP/1.1\r\nSec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nHost: 127.0.0.1:{port}\r\nSec-WebSocket-Key: {key}\r\n\r\n"
-            ).encode()
-        )
-        await reader.readuntil(b"\r\n\r\n")
+        reader, writer = await raw_upgrade(port, b"utf8-frames-key!", subprotocol=False)
         writer.write(_masked(0x1, media_start_text("bad-utf8").encode()))
         session = await asyncio.wait_for(fut, 5)
         writer.write(_masked(0x1, b"\xff\xfe MARK_MEDIA"))
