@@ -33,9 +33,11 @@ class Database:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             # Writers wait for each other instead of failing with "database is locked".
             kwargs["connect_args"] = {"timeout": 30}
-            # Enough idle connections (each one an aiosqlite thread) for a burst of calls, so none
-            # is opened (thread start, pragmas) or closed again on a call's critical path.
-            kwargs.update(pool_size=_SQLITE_POOL, max_overflow=10)
+            if path and path != ":memory:" and "mode=memory" not in url:
+                # Enough idle connections (each one an aiosqlite thread) for a burst of calls, so
+                # none is opened (thread start, pragmas) or closed on a call's critical path. (An
+                # in-memory database has a single static connection instead.)
+                kwargs.update(pool_size=_SQLITE_POOL, max_overflow=10)
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
@@ -56,7 +58,7 @@ class Database:
 
     async def warm(self) -> None:
         """Open the SQLite pool's connections now, at start-up, instead of during the first burst."""
-        if not self.is_sqlite or ":memory:" in self.url:
+        if not self.is_sqlite or ":memory:" in self.url or "mode=memory" in self.url:
             return
         conns = [await self.engine.connect() for _ in range(_SQLITE_POOL)]
         for c in conns:
