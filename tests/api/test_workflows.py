@@ -167,3 +167,32 @@ async def test_saving_a_workflow_synthesises_its_greeting_before_any_call(platfo
     finally:
         platform.services.voice = None
         await runtime.close()
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="flite (Debian package) not installed")
+async def test_start_up_synthesises_saved_workflows_greetings_first(platform: Platform, tmp_path: Any) -> None:
+    from vr3ai.agent.factory import RuntimeConfig, VoiceRuntime
+    from vr3ai.agent.services.cache import cache_key
+    from vr3ai.app import prewarm_saved_workflows
+
+    t = await platform.tenant()
+    greetings = ["Welcome to the first line.", "Welcome to the second line."]
+    for i, greeting in enumerate(greetings):
+        definition = workflow_definition()
+        definition["nodes"][0]["greeting"] = greeting
+        definition["nodes"][-1]["say"] = f"Goodbye from line {i + 1}."
+        ok(await t.http.post("/api/v1/workflows", json={"name": f"W{i}", "definition": definition}), 201)
+    runtime = VoiceRuntime(RuntimeConfig(tts_engine="flite", cache_dir=tmp_path / "tts"))
+    platform.services.voice = runtime
+    try:
+        # 2 greetings, 2 end texts, and the idle goodbye both workflows share (queued once).
+        assert await prewarm_saved_workflows(platform.services) == 5
+        queued = [text for _key, _tts, text in runtime._warm_queue]
+        assert sorted(queued[:2]) == sorted(greetings)  # every greeting before any other text
+        assert await runtime.warmed_up(30)
+        tts = runtime.local_tts()
+        assert all(runtime.cache.has(cache_key(tts, text)) for text in queued)
+        assert await prewarm_saved_workflows(platform.services) == 0  # cached: nothing to do
+    finally:
+        platform.services.voice = None
+        await runtime.close()
