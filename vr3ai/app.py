@@ -52,13 +52,14 @@ async def prewarm_saved_workflows(svc: Services) -> int:
     work only for texts never synthesised before."""
     from sqlalchemy import select
 
-    from vr3ai.agent.factory import prewarm_workflow
+    from vr3ai.agent.factory import static_speech
     from vr3ai.db.models import Workflow
 
     async with svc.db.session() as s:
         definitions = (await s.scalars(select(Workflow.definition).order_by(Workflow.updated_at.desc()))).all()
-    queued = sum(prewarm_workflow(svc.voice, d, greeting_only=True) for d in definitions)
-    queued += sum(prewarm_workflow(svc.voice, d) for d in definitions)
+    speech = [x for x in (static_speech(svc.voice, d) for d in definitions) if x is not None]
+    queued = sum(svc.voice.warm(texts[:1], tts) for tts, texts in speech)
+    queued += sum(svc.voice.warm(texts[1:], tts) for tts, texts in speech)
     if queued:
         log.info("synthesising fixed texts of saved workflows in the background", extra={"texts": queued})
     return queued

@@ -32,7 +32,15 @@ from vr3ai.agent.services.base import SpeechToText, TextToSpeech
 from vr3ai.agent.services.cloud import CartesiaTTS, DeepgramSTT, ElevenLabsTTS, OpenAISTT, OpenAITTS
 from vr3ai.agent.services.runtime import RuntimeConfig, VoiceRuntime
 
-__all__ = ["RuntimeConfig", "VoiceRuntime", "build_agent", "prewarm_workflow", "start_runtime", "stop_runtime"]
+__all__ = [
+    "RuntimeConfig",
+    "VoiceRuntime",
+    "build_agent",
+    "prewarm_workflow",
+    "start_runtime",
+    "static_speech",
+    "stop_runtime",
+]
 
 Note = tuple[Literal["info", "warning", "error"], str]
 
@@ -155,21 +163,26 @@ def build_agent(ctx: CallContext, runtime: VoiceRuntime | None = None) -> Agent:
     )
 
 
-def prewarm_workflow(runtime: VoiceRuntime, definition: Any, *, greeting_only: bool = False) -> int:
-    """Queue a workflow's static texts (greeting first) for background synthesis into the cache, so
-    its first call plays the greeting at once. Only for the offline voices: a cloud voice bills per
-    character, so it is cached from what calls actually say. Returns how many texts were queued;
-    an invalid definition queues nothing (saving it already reported why)."""
+def static_speech(runtime: VoiceRuntime, definition: Any) -> tuple[TextToSpeech, list[str]] | None:
+    """A workflow's static texts (greeting first) and the offline voice that says them; None for a
+    cloud voice (it needs the organization's key and bills per character, so it is cached from
+    what calls actually say) and for an invalid definition (saving it already reported why)."""
     from vr3ai.workflows.engine import WorkflowEngine, ensure_definition
 
     try:
         defn = ensure_definition(definition)
     except Exception:
-        return 0
+        return None
     cfg = defn.settings.tts
     if getattr(cfg, "provider", "offline") not in ("offline", "piper", "flite"):
-        return 0  # a cloud voice: needs the organization's key and bills per character
+        return None
     tts, _, _ = build_tts(cfg, {}, runtime, [])
     mode = "rules" if getattr(defn.settings.llm, "provider", "rules") == "rules" else "llm"
-    texts = WorkflowEngine(defn).static_texts(mode)
-    return runtime.warm(texts[:1] if greeting_only else texts, tts)
+    return tts, WorkflowEngine(defn).static_texts(mode)
+
+
+def prewarm_workflow(runtime: VoiceRuntime, definition: Any) -> int:
+    """Queue a workflow's static texts for background synthesis into the cache, so its first call
+    plays the greeting at once. Returns how many texts were queued."""
+    speech = static_speech(runtime, definition)
+    return runtime.warm(speech[1], speech[0]) if speech is not None else 0

@@ -518,9 +518,7 @@ class VoicePipeline:
         if self._warm is None or self.tts.metered:
             return  # cloud voices cost money per character: only what calls really said is cached
         with contextlib.suppress(Exception):
-            texts = [t for t in self.responder.fixed_texts() if t.strip() and not self.cache.has(self._cache_key(t))]
-            if texts:
-                self._warm(texts, self.tts)
+            self._warm(self.responder.fixed_texts(), self.tts)  # it skips what is cached or queued
 
     def _play(
         self,

@@ -26,6 +26,7 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self._file_sqlite = False
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
             path = url.split(":///", 1)[1]
@@ -33,7 +34,8 @@ class Database:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             # Writers wait for each other instead of failing with "database is locked".
             kwargs["connect_args"] = {"timeout": 30}
-            if path and path != ":memory:" and "mode=memory" not in url:
+            self._file_sqlite = bool(path) and path != ":memory:" and "mode=memory" not in url
+            if self._file_sqlite:
                 # Enough idle connections (each one an aiosqlite thread) for a burst of calls, so
                 # none is opened (thread start, pragmas) or closed on a call's critical path. (An
                 # in-memory database has a single static connection instead.)
@@ -58,7 +60,7 @@ class Database:
 
     async def warm(self) -> None:
         """Open the SQLite pool's connections now, at start-up, instead of during the first burst."""
-        if not self.is_sqlite or ":memory:" in self.url or "mode=memory" in self.url:
+        if not self._file_sqlite:
             return
         conns = [await self.engine.connect() for _ in range(_SQLITE_POOL)]
         for c in conns:

@@ -225,16 +225,13 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         if unquote(event.path.partition("?")[0]) != self.media_path:
             super().handle_connect(event)
             return
-        self.request = event
-        self.response = self.conn.accept(event)
-        self.handshake_initiated = True
-        if self.response.status_code != 101:  # not a valid upgrade: websockets wrote why
-            self.handshake_complete = True
-            self.close_sent = True
-            self.conn.send_response(self.response)
-            self.transport.write(b"".join(self.conn.data_to_send()))
-            self.transport.close()
+        response = self.conn.accept(event)
+        if response.status_code != 101:
+            super().handle_connect(event)  # not a valid upgrade: uvicorn sends websockets' reply
             return
+        self.request = event
+        self.response = response
+        self.handshake_initiated = True
         offered = [t.strip() for h in event.headers.get_all("Sec-WebSocket-Protocol") for t in h.split(",")]
         peer = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
         if MEDIA_SUBPROTOCOL not in offered:

@@ -538,14 +538,12 @@ class MediaSession:
         try:
             if attach is not None:
                 await attach(self._on_message)
-            while attach is None:
-                msg = await receive()
-                if msg is None:
-                    break
-                if isinstance(msg, str):
-                    self._on_text(msg, clock_now())
-                else:
-                    self._on_audio(msg, clock_now())
+            else:
+                while (msg := await receive()) is not None:
+                    if isinstance(msg, str):
+                        self._on_text(msg, clock_now())
+                    else:
+                        self._on_audio(msg, clock_now())
         except asyncio.CancelledError as exc:
             task = self._reader_task
             if not (self._stop_requested and task is not None and task.uncancel() == 0):

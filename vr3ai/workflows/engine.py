@@ -44,7 +44,7 @@ Idle turns: ``phrases.still_there`` + the node's ``say``; after ``max_idle_promp
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -361,21 +361,21 @@ class WorkflowEngine:
 
     def fixed_texts(self, mode: Literal["rules", "llm"] = "rules") -> list[str]:
         """Every text this call may say that is the same all call long (rendered now)."""
-        out: list[str] = []
-        for template in self._fixed_templates(mode):
-            rendered = render(template, self.state.variables)
-            if self._is_fixed(rendered) and rendered.text and rendered.text not in out:
-                out.append(rendered.text)
-        return out
+        return self._rendered_texts(mode, self.state.variables, self._is_fixed)
 
     def static_texts(self, mode: Literal["rules", "llm"] = "rules") -> list[str]:
         """The fixed texts that are the same on *every* call: no variable of the call or the run,
         only the workflow's own ``variables``. What can be synthesised before any call arrives."""
         static = self.definition.variables
+        return self._rendered_texts(mode, static, lambda r: all(n.split(".")[0] in static for n in r.used))
+
+    def _rendered_texts(
+        self, mode: Literal["rules", "llm"], variables: Mapping[str, Any], keep: Callable[[Rendered], bool]
+    ) -> list[str]:
         out: list[str] = []
         for template in self._fixed_templates(mode):
-            rendered = render(template, static)
-            if all(n.split(".")[0] in static for n in rendered.used) and rendered.text and rendered.text not in out:
+            rendered = render(template, variables)
+            if keep(rendered) and rendered.text and rendered.text not in out:
                 out.append(rendered.text)
         return out
 

@@ -534,3 +534,21 @@ async def test_direct_path_closes_1007_on_invalid_utf8_text() -> None:
         close = data[data.index(b"\x88") :]
         assert int.from_bytes(close[2:4], "big") == 1007
         writer.transport.abort()
+
+
+async def test_invalid_upgrade_on_the_media_path_gets_websockets_refusal() -> None:
+    registry = MediaRegistry()
+    async with serve(registry) as url:
+        port = int(url.split(":")[2].split("/")[0])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(  # no Sec-WebSocket-Key
+            (
+                f"GET {MEDIA_WS_PATH} HTTP/1.1\r\nSec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+            ).encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 400")
+        await asyncio.wait_for(reader.read(), 5)  # read() returns at EOF: the server closed the connection
+        writer.close()
+    assert registry.active == {}

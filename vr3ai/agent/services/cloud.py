@@ -83,7 +83,7 @@ class _HttpMixin:
             self._client = httpx.AsyncClient(timeout=_TIMEOUT)
         return self._client
 
-    async def _close_http(self) -> None:
+    async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -207,9 +207,6 @@ class OpenAISTT(_HttpMixin, SpeechToText):
         text = str(resp.json().get("text", ""))
         return filter_transcript(text, stt_ms=int((time.perf_counter() - t0) * 1000))
 
-    async def close(self) -> None:
-        await self._close_http()
-
 
 # --------------------------------------------------------------------------- TTS
 class _HttpStreamTTS(_HttpMixin, TextToSpeech):
@@ -246,9 +243,6 @@ class _HttpStreamTTS(_HttpMixin, TextToSpeech):
         async for chunk in self.stream(text):
             out += chunk
         return bytes(out)
-
-    async def close(self) -> None:
-        await self._close_http()
 
 
 class OpenAITTS(_HttpStreamTTS):
