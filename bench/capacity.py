@@ -509,6 +509,13 @@ async def main() -> None:
         help="experiment: the platform calls gc.freeze() once up (full GCs skip start-up objects)",
     )
     ap.add_argument(
+        "--tick-reads-from",
+        type=int,
+        default=None,
+        help="A/B: the platform reads media sockets on the clock's tick from this many calls "
+        "(default: VR3AI_MEDIA_TICK_READS_FROM's default; 0 = the event loop per frame, as before)",
+    )
+    ap.add_argument(
         "--renice",
         type=int,
         default=0,
@@ -531,6 +538,8 @@ async def main() -> None:
         async with CallerFleet(lab, clips=clips) as fleet:
             plat_args = (["--no-resync"] if args.no_resync else []) + (["--gc-freeze"] if args.gc_freeze else [])
             plat_args += ["--media-asgi"] if args.media_asgi else []
+            if args.tick_reads_from is not None:
+                plat_args += ["--tick-reads-from", str(args.tick_reads_from)]
             plat = PlatformProcess(
                 lab, agent=args.agent, data_dir=work / "data", log_path=work / "platform.log", extra_args=plat_args
             )

@@ -11,8 +11,11 @@ Scenarios, each at 1 / 50 / 150 concurrent sessions:
 * ``pertask``   ``pace`` with one clock task per call instead of the shared one: what sharing saves.
 * ``full``      ``pace`` plus caller audio: a feeder delivers a 160-byte frame to every session every
   20 ms through the transport's receive(), and an agent task per call drains ``frames()``.
-* ``real``      the ``full`` shape through uvicorn + FastAPI on 127.0.0.1, with a child process
-  playing N Asterisk channels (its CPU is not counted). This is the per-call cost to plan with.
+* ``real``      the ``full`` shape through the production listener on 127.0.0.1 (uvicorn with
+  ``vr3ai.media.direct``'s protocol, ``--asgi`` for the ASGI endpoint instead), every call
+  recorded, each caller frame measured (RMS) as the minimal agent does, with a child process
+  playing N Asterisk channels (its CPU is not counted). No Asterisk and all inbound frames in one
+  burst per 20 ms, so kernel costs are below a real run (bench/capacity.py); it isolates ours.
 
 Figures: CPU ms per call-second (process CPU / (calls x seconds)), % of one core, send-gap p50/p99/max
 per call (time between our consecutive sends to one call; 20 ms is perfect), clock tick lateness.
@@ -30,9 +33,11 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vr3ai.media.clock import MediaClock
 from vr3ai.media.protocol import MediaStart
 from vr3ai.media.session import MediaConfig, MediaSession
+
+with warnings.catch_warnings():
+    # audioop is C and per-frame RMS is what the minimal agent does; it leaves the stdlib in 3.13.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop
 
 FRAME = b"\xff" * 160
 UTTERANCE = (np.sin(np.arange(8000) * 0.2) * 8000).astype("<i2").tobytes()  # 1 s
@@ -267,10 +277,13 @@ async def main():
 """
 
 
-async def bench_real(n: int, seconds: float) -> Result:
+async def bench_real(n: int, seconds: float, asgi: bool = False) -> Result:
+    import tempfile
+
     import uvicorn
     from fastapi import FastAPI
 
+    from vr3ai.media.direct import media_ws_protocol
     from vr3ai.media.server import MEDIA_WS_PATH, MediaRegistry, media_router
 
     clock = MediaClock(tick_ms=TICK_MS)
@@ -278,14 +291,14 @@ async def bench_real(n: int, seconds: float) -> Result:
     registry = MediaRegistry(MediaConfig(target_lead_ms=LEAD_MS), clock=clock)
     app = FastAPI()
     app.include_router(media_router(registry))
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="error", ws="websockets-sansio")
-    )
+    ws: Any = "websockets-sansio" if asgi else media_ws_protocol(registry)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="error", ws=ws))
     serve_task = asyncio.ensure_future(server.serve())
     while not server.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
         await asyncio.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
-    futures = [registry.expect(f"real-{i}") for i in range(n)]
+    rec_dir = tempfile.TemporaryDirectory(prefix="vr3ai-pacing-")
+    futures = [registry.expect(f"real-{i}", recording_path=f"{rec_dir.name}/{i}.wav") for i in range(n)]
     stop = asyncio.Event()
 
     drains: list[asyncio.Future[None]] = []
@@ -334,12 +347,14 @@ async def bench_real(n: int, seconds: float) -> Result:
     await proc.wait()
     for a in agents:
         a.cancel()
+    await asyncio.wait([asyncio.ensure_future(asyncio.shield(s.recording)) for s in sessions], timeout=10)
     server.should_exit = True
     await serve_task
+    rec_dir.cleanup()
     rate = statistics.mean(out["rates"])
     gaps = [g for sends in server_sends for g in _gaps(sends)]
     extra = f"frames/s/call~{rate:.1f} (client) skipped_ms/call={skipped:.0f}"
-    return Result("real", n, seconds, cpu, gaps, list(clock.lateness_ms), extra)
+    return Result("real-asgi" if asgi else "real", n, seconds, cpu, gaps, list(clock.lateness_ms), extra)
 
 
 def _recording_send(send: Callable[[bytes], None], sends: list[float]) -> Callable[[bytes], None]:
@@ -350,9 +365,23 @@ def _recording_send(send: Callable[[bytes], None], sends: list[float]) -> Callab
     return wrapped
 
 
+PULL = False
+"""--pull: the agent iterates frames() instead of listen()ing (what listen() saves)."""
+
+
 async def _drain(s: MediaSession) -> None:
-    async for _ in s.frames():
-        pass
+    loud = 0
+
+    def on_frame(frame: bytes) -> None:
+        nonlocal loud
+        if audioop.rms(frame, 2) > 500:  # what the minimal agent does with every frame
+            loud += 1
+
+    if not PULL:
+        await s.listen(on_frame)
+        return
+    async for frame in s.frames():
+        on_frame(frame)
 
 
 async def main() -> None:
@@ -363,13 +392,15 @@ async def main() -> None:
     ap.add_argument("--tick-ms", type=float, default=20.0, help="shared clock period (default 20)")
     ap.add_argument("--lead-ms", type=float, default=60.0, help="target lead (default 60)")
     ap.add_argument("--scenarios", default="baseline,pace,pertask,full,real")
+    ap.add_argument("--asgi", action="store_true", help="real: the ASGI media endpoint instead of the direct one")
+    ap.add_argument("--pull", action="store_true", help="real: the agent iterates frames() instead of listen()")
     ap.add_argument("--uvloop", action="store_true", help="(set by the launcher)")
     args = ap.parse_args()
     # Overload shows up in the figures; the per-call drop warnings would only bury them.
     logging.getLogger("vr3ai.media").setLevel(logging.ERROR)
     sizes = [int(x) for x in args.sizes.split(",")]
-    global TICK_MS, LEAD_MS
-    TICK_MS, LEAD_MS = args.tick_ms, args.lead_ms
+    global TICK_MS, LEAD_MS, PULL
+    TICK_MS, LEAD_MS, PULL = args.tick_ms, args.lead_ms, args.pull
     wanted = set(args.scenarios.split(","))
     print(
         f"python {sys.version.split()[0]}, loop={type(asyncio.get_running_loop()).__module__}, "
@@ -390,7 +421,7 @@ async def main() -> None:
         if "full" in wanted:
             print((await bench_sessions(n, args.seconds, inbound=True)).row(), flush=True)
         if "real" in wanted and not args.no_real:
-            print((await bench_real(n, args.seconds)).row(), flush=True)
+            print((await bench_real(n, args.seconds, asgi=args.asgi)).row(), flush=True)
     print("cpu ms/cs = CPU milliseconds per call-second; core = % of one core; gaps and lateness in ms")
 
 

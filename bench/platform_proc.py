@@ -380,6 +380,13 @@ async def main() -> None:
         "instead of vr3ai.media.direct",
     )
     ap.add_argument("--asyncio-loop", action="store_true", help="the standard asyncio loop instead of uvloop")
+    ap.add_argument(
+        "--tick-reads-from",
+        type=int,
+        default=None,
+        help="A/B: media sockets read by the clock's tick from this many calls (default: the setting's "
+        "default; 0 = always the event loop, as before vr3ai.media.tickread)",
+    )
     ap.add_argument("--greeting", default=None, help="voice agent: the start node's greeting text")
     ap.add_argument("--greeting-s", type=float, default=1.5, help="minimal agent: greeting length in seconds")
     ap.add_argument("--barge-in", action="store_true", help="minimal agent: flush on the first loud caller frame")
@@ -418,6 +425,7 @@ async def main() -> None:
         agent_factory=factory,
         max_concurrent_calls=args.max_calls,
         media_ws="websockets-sansio" if args.media_asgi else "direct",
+        **({} if args.tick_reads_from is None else {"media_tick_reads_from": args.tick_reads_from}),
     ) as p:
         meter = Meter(p.services.media, warn)
         meter.patch_resync(apply=not args.no_resync)
