@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from vr3ai.agent.base import CallContext, RunReport
-from vr3ai.media.interface import CallAudio, CallEnded
+from vr3ai.media.interface import CallAudio, CallEnded, PushedFrames
 
 with warnings.catch_warnings():
     # audioop is C and per-frame RMS is the hot path of this agent; it leaves the stdlib in 3.13.
@@ -88,30 +88,39 @@ class MinimalAgent:
         speech_ms = 0
         quiet_ms = 0
         in_turn = False
+
+        def on_frame(frame: bytes) -> None:
+            nonlocal speech_ms, quiet_ms, in_turn
+            ms = len(frame) * 500 // audio.sample_rate  # 2 bytes per sample
+            if audioop.rms(frame, 2) > SPEECH_RMS:
+                if self.barge_in and audio.queued_ms() > 0:
+                    # The floor of barge-in: stop on the very first loud frame (no VAD wait), so
+                    # what remains is the path caller -> Asterisk -> us -> FLUSH_MEDIA -> caller.
+                    audio.flush()
+                speech_ms += ms
+                quiet_ms = 0
+                if speech_ms >= self.start_ms:
+                    in_turn = True
+                return
+            quiet_ms += ms
+            if quiet_ms >= 60:
+                speech_ms = 0  # a click or a short burst is not a turn
+            if in_turn and quiet_ms >= self.end_silence_ms:
+                in_turn = False
+                if audio.queued_ms() > 0:
+                    return  # still talking: no barge-in in this agent
+                self.turns += 1
+                audio.play(self.reply, mark=f"reply-{self.turns}")
+                t = audio.clock_ms()
+                report.say("agent", "<reply>", t, t + reply_ms)
+
         try:
-            async for frame in audio.frames():
-                ms = len(frame) * 500 // audio.sample_rate  # 2 bytes per sample
-                if audioop.rms(frame, 2) > SPEECH_RMS:
-                    if self.barge_in and audio.queued_ms() > 0:
-                        # The floor of barge-in: stop on the very first loud frame (no VAD wait), so
-                        # what remains is the path caller -> Asterisk -> us -> FLUSH_MEDIA -> caller.
-                        audio.flush()
-                    speech_ms += ms
-                    quiet_ms = 0
-                    if speech_ms >= self.start_ms:
-                        in_turn = True
-                    continue
-                quiet_ms += ms
-                if quiet_ms >= 60:
-                    speech_ms = 0  # a click or a short burst is not a turn
-                if in_turn and quiet_ms >= self.end_silence_ms:
-                    in_turn = False
-                    if audio.queued_ms() > 0:
-                        continue  # still talking: no barge-in in this agent
-                    self.turns += 1
-                    audio.play(self.reply, mark=f"reply-{self.turns}")
-                    t = audio.clock_ms()
-                    report.say("agent", "<reply>", t, t + reply_ms)
+            # Frames pushed by the media reader where the session offers it, as our voice agent does.
+            if isinstance(audio, PushedFrames):
+                await audio.listen(on_frame)
+            else:
+                async for frame in audio.frames():
+                    on_frame(frame)
         finally:
             await asyncio.wait({events}, timeout=2.0)
             events.cancel()

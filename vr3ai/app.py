@@ -19,6 +19,7 @@ from vr3ai.api import api_router
 from vr3ai.core.runs import RunOutcome
 from vr3ai.db.migrate import upgrade
 from vr3ai.media.server import MediaRegistry, media_router
+from vr3ai.media.session import MediaConfig
 from vr3ai.services import Services
 from vr3ai.settings import Settings
 from vr3ai.telephony.ari.calls import AgentFactory
@@ -84,7 +85,7 @@ def create_app(
 ) -> FastAPI:
     settings = settings or Settings.from_env()
     svc = services or Services.build(settings)
-    svc.media = svc.media or MediaRegistry()
+    svc.media = svc.media or MediaRegistry(MediaConfig(tick_reads_from=max(0, settings.media_tick_reads_from)))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -43,6 +43,10 @@ class Settings:
     media_tls_key: str = ""
     media_tls_port: int = 0
     """If set with cert and key, the media WebSocket is also served as wss on this port."""
+    media_tick_reads_from: int = 16
+    """From this many concurrent calls, media sockets are read once per 20 ms tick instead of
+    waking the event loop per frame (a third less CPU per call, 10 ms more latency on average;
+    ``vr3ai.media.tickread``). 0: never."""
     start_telephony: bool = True
     """Start ARI listeners for stored configurations (tests of the API alone switch this off)."""
     voice: bool = True
@@ -67,6 +71,9 @@ class Settings:
         s.media_tls_cert = os.environ.get("VR3AI_MEDIA_TLS_CERT", "")
         s.media_tls_key = os.environ.get("VR3AI_MEDIA_TLS_KEY", "")
         s.media_tls_port = int(os.environ.get("VR3AI_MEDIA_TLS_PORT", "0") or 0)
+        s.media_tick_reads_from = int(
+            os.environ.get("VR3AI_MEDIA_TICK_READS_FROM", str(s.media_tick_reads_from)) or 0
+        )
         s.start_telephony = _env_bool("VR3AI_START_TELEPHONY", True)
         s.voice = _env_bool("VR3AI_VOICE", True)
         s.log_json = _env_bool("VR3AI_LOG_JSON", True)

@@ -692,6 +692,10 @@ class SessionFuzzer:
             max_inbound_frames=r.choice([1, 5, 50]),
             status_interval_s=r.choice([0.0, 0.1, 5.0]),
             resync_threshold_ms=r.choice([0.0, 40.0]),
+            # 1: this socket is read by the clock's ticks (vr3ai.media.tickread) whenever it is
+            # up; 16: only while 16 fuzz sessions are (rarely); 0: never. Mixed, so the reader
+            # also switches sockets between the clock and the loop while frames fly.
+            tick_reads_from=r.choice([0, 1, 1, 16]),
         )
         record = r.random() < 0.3
         auth = r.random() < 0.5

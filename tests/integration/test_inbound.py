@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,9 @@ import pytest
 from tests.harness import AsteriskLab, audio
 from tests.integration.agents import AgentRecorder
 from tests.integration.conftest import SIMPLE_WORKFLOW
-from tests.integration.platform import RunningPlatform
+from tests.integration.platform import RunningPlatform, running_platform
+from vr3ai.media.clock import shared_clock
+from vr3ai.media.tickread import TickReader
 
 pytestmark = pytest.mark.asterisk
 
@@ -25,6 +28,23 @@ async def assert_no_leftovers(lab: AsteriskLab) -> None:
 async def test_inbound_call_audio_both_ways(
     lab: AsteriskLab, platform: RunningPlatform, recorder: AgentRecorder
 ) -> None:
+    await _audio_both_ways(lab, platform, recorder)
+
+
+async def test_inbound_call_with_media_read_by_the_clock(lab: AsteriskLab, tmp_path: Path) -> None:
+    """The same call with the media socket read once per clock tick (what the platform does from
+    VR3AI_MEDIA_TICK_READS_FROM calls on; 1 here), not by the event loop per frame."""
+    recorder = AgentRecorder()
+    async with running_platform(
+        tmp_path, port=lab.media_port, agent_factory=recorder, ring_timeout_s=4, media_tick_reads_from=1
+    ) as p:
+        await _audio_both_ways(lab, p, recorder)
+        reader = TickReader.for_clock(shared_clock())
+        assert reader is not None and reader.reads > 100, "the clock never read the media socket"
+        assert len(reader) == 0 and not reader.active  # released with the call
+
+
+async def _audio_both_ways(lab: AsteriskLab, platform: RunningPlatform, recorder: AgentRecorder) -> None:
     wf_id, _ = await platform.setup_inbound(definition=SIMPLE_WORKFLOW, lab=lab)
     speech = audio.synth_speech("I would like to book an appointment for tomorrow")
     call = await lab.call("8000", wav=speech, hold_s=6, dtmf="12#", caller_id='"Alice" <15551230001>')

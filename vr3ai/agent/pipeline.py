@@ -90,7 +90,7 @@ from vr3ai.agent.services.audio import silence, split_sentences, synthesize_trim
 from vr3ai.agent.services.base import ServiceError, SpeechToText, TextToSpeech, Transcript
 from vr3ai.agent.services.cache import TtsCache, cache_key
 from vr3ai.agent.services.vad import SileroModel, SileroVad, VadEvent, VadParams, VadState
-from vr3ai.media.interface import CallAudio, CallEnded, Dtmf, MarkHeard
+from vr3ai.media.interface import CallAudio, CallEnded, Dtmf, MarkHeard, PushedFrames
 
 log = logging.getLogger(__name__)
 
@@ -646,19 +646,31 @@ class VoicePipeline:
         return stream_ms + self._clock_offset
 
     async def _frames_loop(self) -> None:
-        assert self._audio is not None
+        audio = self._audio
+        assert audio is not None
+        failed = False
+
+        def on_frame(frame: bytes) -> None:
+            nonlocal failed
+            if self._ended:
+                return
+            try:
+                self._on_audio(frame, audio.clock_ms())
+            except Exception as exc:  # keep listening; report the first failure only
+                if not failed:
+                    failed = True
+                    log.exception("audio processing failed")
+                    self._report.event("error", f"audio processing failed: {exc!r}", self._now())
+
         try:
-            failed = False
-            async for frame in self._audio.frames():
-                if self._ended:
-                    break
-                try:
-                    self._on_audio(frame, self._audio.clock_ms())
-                except Exception as exc:  # keep listening; report the first failure only
-                    if not failed:
-                        failed = True
-                        log.exception("audio processing failed")
-                        self._report.event("error", f"audio processing failed: {exc!r}", self._now())
+            if isinstance(audio, PushedFrames):
+                # The media session calls us from its reader: no task wake-up per 20 ms frame.
+                await audio.listen(on_frame)
+            else:
+                async for frame in audio.frames():
+                    if self._ended:
+                        break
+                    on_frame(frame)
         finally:
             if not self._ended:
                 self._on_call_ended("media ended")

@@ -60,6 +60,10 @@ class MediaClock:
         """When the last tick was due: the tick grid that sessions align their frame grid to."""
         self.lateness_ms: list[float] | None = None
         """Set to a list to record each tick's lateness (benchmarks)."""
+        self._hooks: list[Callable[[float], None]] = []
+        self.arrival_offset_s = 0.0
+        """How long ago what is being delivered now arrived, on average (sockets read by a tick hook,
+        :mod:`vr3ai.media.tickread`: half a tick); 0 when the event loop delivers it as it comes."""
 
     def now(self) -> float:
         """Seconds on this clock's monotonic time base."""
@@ -79,6 +83,15 @@ class MediaClock:
         self._sessions.pop(id(session), None)
         # The task notices the empty set on its next tick and exits; no cancel needed.
 
+    def add_hook(self, fn: Callable[[float], None]) -> None:
+        """Call ``fn(now)`` on every tick after all sessions were serviced (ticks run only while
+        sessions are registered)."""
+        self._hooks.append(fn)
+
+    def remove_hook(self, fn: Callable[[float], None]) -> None:
+        if fn in self._hooks:
+            self._hooks.remove(fn)
+
     def tick(self, now: float | None = None, *, due: float | None = None) -> None:
         """Service every registered session once. One broken session never stops the others."""
         if now is None:
@@ -91,6 +104,12 @@ class MediaClock:
             except Exception:
                 self.service_errors += 1
                 log.exception("media session service failed")
+        for hook in tuple(self._hooks):
+            try:
+                hook(now)
+            except Exception:
+                self.service_errors += 1
+                log.exception("media clock hook failed")
 
     def align(self, t: float, period: float) -> float:
         """Delay in [0, period) that puts ``t`` on the tick grid (modulo ``period``).

@@ -22,6 +22,11 @@ The ASGI endpoint in :mod:`vr3ai.media.server` stays as the fallback for servers
 this protocol class; both share :func:`vr3ai.media.server.serve_media` from MEDIA_START on, so the
 checks (expected channel id, Basic auth, format) are the same code.
 
+Reading: by the event loop (``data_received``), or, once the process carries
+``MediaConfig.tick_reads_from`` media sockets, by the media clock once per tick
+(:mod:`vr3ai.media.tickread`: the transport is its ``TickReadable``). Either way the bytes reach
+the same ``data_received``.
+
 Back-pressure: a peer that stops reading makes the TCP write buffer grow; past ``_MAX_BUFFERED``
 (about 15 s of u-law audio) further audio is dropped and counted, control messages still go.
 """
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -40,7 +46,9 @@ from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode, apply_mask
 from websockets.http11 import Request
 
+from vr3ai.media.clock import MediaClock
 from vr3ai.media.server import MEDIA_SUBPROTOCOL, MEDIA_WS_PATH, MediaRegistry, serve_media
+from vr3ai.media.tickread import TickReader
 
 log = logging.getLogger("vr3ai.media.direct")
 
@@ -51,13 +59,18 @@ _CLOSE_TIMEOUT_S = 1.0
 CLOSE_INVALID_DATA = 1007
 
 
+_HEAD_7 = struct.Struct("!BB").pack
+_HEAD_16 = struct.Struct("!BBH").pack
+_HEAD_64 = struct.Struct("!BBQ").pack
+
+
 def _frame(opcode: int, payload: bytes) -> bytes:
     n = len(payload)
     if n < 126:
-        return bytes((opcode, n)) + payload
+        return _HEAD_7(opcode, n) + payload
     if n < 65536:
-        return bytes((opcode, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((opcode, 127)) + n.to_bytes(8, "big") + payload
+        return _HEAD_16(opcode, 126, n) + payload  # a 20 ms u-law frame (160 bytes) lands here
+    return _HEAD_64(opcode, 127, n) + payload
 
 
 class DirectTransport:
@@ -70,6 +83,8 @@ class DirectTransport:
         self._inbox: deque[str | bytes] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._sink: Callable[[str | bytes], None] | None = None
+        self._bytes_sink: Callable[[bytes], None] | None = None
+        """While attached and open: where binary messages go without ``deliver``'s checks."""
         self._ended: asyncio.Future[None] = loop.create_future()
         self._failed = False
         self._closed_in = False
@@ -77,6 +92,7 @@ class DirectTransport:
         self._close_code: int | None = None
         self.dropped_sends = 0
         self.suspended_sends = 0
+        self._tick_reader: TickReader | None = None
 
     @property
     def close_code(self) -> int | None:
@@ -94,13 +110,29 @@ class DirectTransport:
         try:
             sink(msg)
         except Exception as exc:
-            # Ends the session's run() with this error (it logs it and closes with 1011).
-            self._failed = True
-            self._sink = None
-            if not self._ended.done():
-                self._ended.set_exception(exc)
+            self._fail(exc)
+
+    def deliver_bytes(self, data: bytes) -> None:
+        """A binary message: one per 20 ms frame and call, hence its own short path."""
+        sink = self._bytes_sink
+        if sink is None:
+            self.deliver(data)
+            return
+        try:
+            sink(data)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        # Ends the session's run() with this error (it logs it and closes with 1011).
+        self._failed = True
+        self._sink = self._bytes_sink = None
+        if not self._ended.done():
+            self._ended.set_exception(exc)
 
     def peer_closed(self, code: int | None) -> None:
+        self._leave_tick_reads()
+        self._bytes_sink = None
         if self._closed_in:
             return
         self._closed_in = True
@@ -127,18 +159,57 @@ class DirectTransport:
             finally:
                 self._waiter = None
 
-    async def attach(self, sink: Callable[[str | bytes], None]) -> None:
-        """Deliver every further message by calling ``sink`` from ``data_received``; returns when
-        the socket is closed, raises what ``sink`` raised."""
+    async def attach(
+        self,
+        sink: Callable[[str | bytes], None],
+        clock: MediaClock | None = None,
+        tick_reads_from: int = 0,
+        bytes_sink: Callable[[bytes], None] | None = None,
+    ) -> None:
+        """Deliver every further message by calling ``sink`` (binary ones ``bytes_sink`` if given)
+        from ``data_received``; returns when the socket is closed, raises what a sink raised. With
+        ``clock``, the socket is read by that clock's ticks while ``tick_reads_from`` or more
+        sockets are (:mod:`vr3ai.media.tickread`)."""
         while self._inbox:
             sink(self._inbox.popleft())
         if self._closed_in:
             return
         self._sink = sink
+        if not (self._closed_out or self._failed):
+            self._bytes_sink = bytes_sink
+        if clock is not None and tick_reads_from > 0:
+            self._tick_reader = TickReader.for_clock(clock)
+            if self._tick_reader is not None:
+                self._tick_reader.enroll(self, tick_reads_from)
         try:
             await self._ended
         finally:
-            self._sink = None
+            self._sink = self._bytes_sink = None
+            self._leave_tick_reads()
+
+    def _leave_tick_reads(self) -> None:
+        reader = self._tick_reader
+        if reader is not None:
+            self._tick_reader = None
+            reader.release(self)
+
+    # ---------------------------------------------------------------- TickReadable
+    def tick_fd(self) -> int | None:
+        tcp = self._tcp
+        if tcp.is_closing() or tcp.get_extra_info("sslcontext") is not None:
+            return None
+        sock = tcp.get_extra_info("socket")
+        return sock.fileno() if sock is not None else None
+
+    def pause_loop_reading(self) -> None:
+        self._tcp.pause_reading()
+
+    def resume_loop_reading(self) -> None:
+        if not self._tcp.is_closing():
+            self._tcp.resume_reading()
+
+    def tick_data(self, data: bytes) -> None:
+        self._proto.data_received(data)
 
     def send_bytes(self, data: bytes) -> None:
         if self._closed_out or self._closed_in or self._tcp.is_closing():
@@ -161,6 +232,7 @@ class DirectTransport:
         if self._closed_out:
             return
         self._closed_out = True
+        self._bytes_sink = None  # past our close frame: discard, as uvicorn does
         if not self._closed_in:
             self._proto.send_close(code, reason)
 
@@ -211,7 +283,7 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
             payload = apply_mask(buf[head + 4 : head + 4 + n], buf[head : head + 4])
             pos = head + 4 + n
             if opcode == 0x2:
-                d.deliver(payload)
+                d.deliver_bytes(payload)
             elif opcode == 0x1:
                 self._deliver_text(payload)
             else:

@@ -7,7 +7,9 @@ Why this shape:
   what was actually played, so a frame-count recording would drift apart and compress pauses.
   Caller frames are placed by arrival time; agent frames by the time they are played (the session
   hands them over as its model of Asterisk's queue plays them out, i.e. send time + lead). Gaps are
-  filled with silence.
+  filled with silence, so the session does not hand over the silence frames it streams while the
+  agent is quiet (a call is mostly those; one call per frame less on the hot path), only, at the
+  end, until when they played (:meth:`CallRecorder.agent_quiet_until`).
 * Small network jitter must not chop the caller track into pieces: a frame that arrives within
   ``jitter_ms`` of where the previous one ended is appended contiguously; only a later arrival opens
   a silent gap. A frame that arrives early is also appended (the track cannot rewind).
@@ -84,24 +86,31 @@ class CallRecorder:
         self._bytes_per_s = wire.sample_rate * wire.bytes_per_sample
         align = wire.bytes_per_sample
         self._align = align
+        self._silence = wire.silence_byte
         self._caller = _Track(spool_bytes, _align_down(wire.bytes_for_ms(jitter_ms), align))
         # Agent frames come from our own play-out model and are contiguous by construction; a
         # tolerance of a few samples only absorbs float rounding.
         self._agent = _Track(spool_bytes, 4 * align)
         self.closed = False
 
-    def _pos(self, t: float) -> int:
-        return _align_down(max(0, int(t * self._bytes_per_s)), self._align)
-
+    # Position computed inline (not in a helper): both run once per 20 ms frame and call.
     def caller(self, t: float, data: bytes) -> None:
         """Caller audio (wire format) that arrived ``t`` seconds after the session started."""
         if not self.closed and data:
-            self._caller.place(self._pos(t), data, self.wire.silence_byte)
+            pos = int(t * self._bytes_per_s) if t > 0 else 0
+            self._caller.place(pos - pos % self._align, data, self._silence)
 
     def agent(self, t: float, data: bytes) -> None:
         """Agent audio (wire format) that started playing ``t`` seconds after the session started."""
         if not self.closed and data:
-            self._agent.place(self._pos(t), data, self.wire.silence_byte)
+            pos = int(t * self._bytes_per_s) if t > 0 else 0
+            self._agent.place(pos - pos % self._align, data, self._silence)
+
+    def agent_quiet_until(self, t: float) -> None:
+        """The agent side played silence up to ``t`` seconds after the session started."""
+        if not self.closed and t > 0:
+            pos = int(t * self._bytes_per_s)
+            self._agent.place(pos - pos % self._align, b"", self._silence)
 
     def duration_s(self) -> float:
         return max(self._caller.cursor, self._agent.cursor) / self._bytes_per_s

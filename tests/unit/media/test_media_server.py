@@ -22,6 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
+from vr3ai.media.clock import shared_clock
 from vr3ai.media.codec import pcm16_to_ulaw, ulaw_to_pcm16
 from vr3ai.media.direct import DirectTransport, media_ws_protocol
 from vr3ai.media.interface import CallEnded, Dtmf, MarkHeard
@@ -34,6 +35,7 @@ from vr3ai.media.server import (
     media_router,
 )
 from vr3ai.media.session import MediaConfig, MediaFormatError, MediaSession
+from vr3ai.media.tickread import TickReader
 
 USER, PASSWORD = "vr3ai-media", "media-secret"
 AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
@@ -552,3 +554,114 @@ async def test_invalid_upgrade_on_the_media_path_gets_websockets_refusal() -> No
         await asyncio.wait_for(reader.read(), 5)  # read() returns at EOF: the server closed the connection
         writer.close()
     assert registry.active == {}
+
+
+# ------------------------------------------------------------------------------------------------ tick reads
+
+
+def _tick_reader() -> TickReader:
+    reader = TickReader.for_clock(shared_clock())
+    assert reader is not None
+    return reader
+
+
+async def _wait_for(predicate: Any, within: float = 3.0) -> None:
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110 - polling state the server changes, no event to await
+            await asyncio.sleep(0.01)
+
+
+async def test_tick_reads_carry_a_whole_call_and_hand_the_close_back() -> None:
+    """Above the threshold the clock reads the socket (no loop wake-up per frame): frames split
+    across reads and batched in one read, text events, and the peer's close all arrive exactly
+    as through the loop, and the socket goes back to the loop for its close handshake."""
+    registry = MediaRegistry(MediaConfig(status_interval_s=0, tick_reads_from=1))
+    async with serve(registry) as url:
+        port = int(url.split(":")[2].split("/")[0])
+        fut = registry.expect("ticked")
+        reader, writer = await raw_upgrade(port, b"tick-reads-key-1")
+        writer.write(_masked(0x1, media_start_text("ticked").encode()))
+        session = await asyncio.wait_for(fut, 5)
+        tr = _tick_reader()
+        await _wait_for(lambda: tr.active)
+        got: list[bytes] = []
+        listening = asyncio.ensure_future(session.listen(got.append))
+        a, b = bytes(range(160)), bytes(range(95, 255))
+        writer.write(_masked(0x2, a) + _masked(0x2, b)[:50])
+        await writer.drain()
+        await _wait_for(lambda: len(got) == 1)
+        dtmf = _masked(0x1, format_event(DtmfEnd("9", "ticked")).encode())
+        writer.write(_masked(0x2, b)[50:] + _masked(0x2, a) + dtmf)
+        await writer.drain()
+        events = session.events()
+        ev = await asyncio.wait_for(anext(events), 2)
+        assert isinstance(ev, Dtmf) and ev.digit == "9"
+        assert got == [ulaw_to_pcm16(a), ulaw_to_pcm16(b), ulaw_to_pcm16(a)]
+        assert tr.reads >= 2 and len(tr) == 1
+        # Agent audio still goes out while the clock reads.
+        session.play(b"\x10\x00" * 800, mark="m")
+        data = b""
+        while b"MARK_MEDIA" not in data:
+            chunk = await asyncio.wait_for(reader.read(65536), 3)
+            assert chunk
+            data += chunk
+        writer.write(_masked(0x8, (1000).to_bytes(2, "big")))
+        info = await asyncio.wait_for(session.closed, 3)
+        assert info.initiator == "remote" and info.code == 1000
+        await asyncio.wait_for(listening, 2)
+        assert len(tr) == 0 and not tr.active  # released: the loop completes the close
+        rest = await asyncio.wait_for(reader.read(), 3)  # our close frame, then EOF
+        assert b"\x88" in rest
+        writer.transport.abort()
+
+
+async def test_tick_reads_peer_vanishing_is_seen_through_the_loop() -> None:
+    registry = MediaRegistry(MediaConfig(status_interval_s=0, tick_reads_from=1))
+    async with serve(registry) as url:
+        port = int(url.split(":")[2].split("/")[0])
+        fut = registry.expect("vanish")
+        _reader, writer = await raw_upgrade(port, b"tick-reads-key-2")
+        writer.write(_masked(0x1, media_start_text("vanish").encode()))
+        session = await asyncio.wait_for(fut, 5)
+        tr = _tick_reader()
+        await _wait_for(lambda: tr.active)
+        writer.write(_masked(0x2, b"\xff" * 160))
+        await writer.drain()
+        writer.transport.abort()  # TCP reset, no close frame: EOF/error handed back to the loop
+        info = await asyncio.wait_for(session.closed, 3)
+        assert info.initiator == "remote" and info.code == 1006
+        assert len(tr) == 0
+
+
+async def test_tick_reads_start_at_the_threshold_and_stop_below_half() -> None:
+    registry = MediaRegistry(MediaConfig(status_interval_s=0, tick_reads_from=4))
+    async with serve(registry) as url:
+        port = int(url.split(":")[2].split("/")[0])
+        conns = []
+        sessions = []
+        for i in range(4):
+            fut = registry.expect(f"n{i}")
+            r, w = await raw_upgrade(port, f"tick-threshold-{i}".encode()[:16].ljust(16, b"x"))
+            w.write(_masked(0x1, media_start_text(f"n{i}").encode()))
+            sessions.append(await asyncio.wait_for(fut, 5))
+            conns.append((r, w))
+            tr = _tick_reader()
+            await asyncio.sleep(0.05)
+            assert tr.active == (i == 3)
+        got: list[bytes] = []
+        listening = asyncio.ensure_future(sessions[3].listen(got.append))
+        for _r, w in conns[:3]:
+            w.write(_masked(0x8, (1000).to_bytes(2, "big")))
+        for s in sessions[:3]:
+            await asyncio.wait_for(s.closed, 3)
+        await _wait_for(lambda: not tr.active)  # 1 < 4 // 2: back to the loop
+        w = conns[3][1]
+        w.write(_masked(0x2, bytes(range(160))))
+        await _wait_for(lambda: len(got) == 1)
+        assert got == [ulaw_to_pcm16(bytes(range(160)))]
+        assert tr.switches == 2
+        w.write(_masked(0x8, (1000).to_bytes(2, "big")))
+        await asyncio.wait_for(sessions[3].closed, 3)
+        await asyncio.wait_for(listening, 2)
+        for _r, w in conns:
+            w.transport.abort()

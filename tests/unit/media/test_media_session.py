@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vr3ai.media.codec import pcm16_to_ulaw, ulaw_to_pcm16
-from vr3ai.media.interface import CallAudio, CallEnded, Dtmf, HeardPosition, MarkHeard
+from vr3ai.media.interface import CallAudio, CallEnded, Dtmf, HeardPosition, MarkHeard, PushedFrames
 from vr3ai.media.protocol import (
     ControlFormat,
     DtmfEnd,
@@ -680,3 +680,89 @@ async def test_get_status_fails_cleanly_when_the_session_ends() -> None:
         await rig.session.get_status()
     with pytest.raises(TimeoutError):  # callers that only expect a timeout are served too
         await rig.session.get_status()
+
+
+# ------------------------------------------------------------------------------------------------ listen()
+
+
+async def test_listen_pushes_frames_in_order_including_those_queued_before() -> None:
+    rig = Rig()
+    await rig.start()
+    assert isinstance(rig.session, PushedFrames)
+    early, later = bytes(range(160)), bytes(range(50, 210))
+    await rig.audio(early)  # arrives before the agent listens: queued, delivered first
+    got: list[bytes] = []
+    listening = asyncio.ensure_future(rig.session.listen(got.append))
+    await settle()
+    assert got == [ulaw_to_pcm16(early)]
+    await rig.audio(later)
+    # Delivered by the reader itself, before any other task ran: no wake-up per frame.
+    assert got == [ulaw_to_pcm16(early), ulaw_to_pcm16(later)]
+    with pytest.raises(RuntimeError):
+        await rig.session.listen(got.append)  # one listener at a time
+    assert not listening.done()
+    rig.transport.remote_close(1000)
+    await asyncio.wait_for(listening, 2)  # returns when the call's audio ends
+    assert listening.result() is None
+
+
+async def test_listen_handler_failure_ends_listen_not_the_call() -> None:
+    rig = Rig()
+    await rig.start()
+    seen: list[bytes] = []
+
+    def on_frame(pcm: bytes) -> None:
+        seen.append(pcm)
+        if len(seen) == 2:
+            raise ValueError("agent bug")
+
+    listening = asyncio.ensure_future(rig.session.listen(on_frame))
+    await settle()
+    for i in range(4):
+        await rig.audio(bytes([i]) * 160)
+    with pytest.raises(ValueError, match="agent bug"):
+        await asyncio.wait_for(listening, 2)
+    assert len(seen) == 2  # nothing after the failure
+    # The session goes on: silence still flows, later frames queue again for a new consumer.
+    before = rig.session.stats.frames_out
+    rig.advance(100)
+    assert rig.session.stats.frames_out > before
+    assert not rig.session.closed.done()
+    frames = rig.session.frames()
+    for i in (2, 3):
+        assert await asyncio.wait_for(anext(frames), 1) == ulaw_to_pcm16(bytes([i]) * 160)
+
+
+async def test_listen_on_an_ended_session_returns_after_the_backlog() -> None:
+    rig = Rig()
+    await rig.start()
+    await rig.audio(b"\x01" * 160)
+    rig.transport.remote_close(1000)
+    await rig.session.closed
+    got: list[bytes] = []
+    await asyncio.wait_for(rig.session.listen(got.append), 1)
+    assert got == [ulaw_to_pcm16(b"\x01" * 160)]
+
+
+async def test_recording_agent_track_runs_to_the_last_silence_played(tmp_path: Path) -> None:
+    """The session hands the recorder only agent audio; the silence it streams around it must still
+    be on the agent track, up to where it stopped (as if every silence frame had been recorded)."""
+    path = tmp_path / "quiet.wav"
+    rig = Rig(no_fast_start(), recording_path=str(path))
+    await rig.start()
+    rig.advance(200)
+    rig.session.play(tone(100, amp=12000), mark="a")
+    rig.advance(1800)
+    rig.transport.remote_close()
+    await rig.session.closed
+    await asyncio.wait_for(rig.session.recording, 5)
+    with wave.open(str(path)) as w:
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
+    # Silence frames streamed for 2 s of ticks; the first 60 ms lead was queued at t=0.
+    played_s = rig.session.stats.frames_out * 0.02
+    assert len(data) / 8000 == pytest.approx(played_s, abs=0.061)
+    right = np.abs(data[:, 1].astype(int))
+    loud = np.flatnonzero(right > 2000)
+    assert loud.size and loud[-1] / 8000 < 0.45
+    assert right[int(0.5 * 8000) :].max() == 0
+    assert data[:, 0].max() == 0  # the caller said nothing

@@ -1,0 +1,203 @@
+"""Read every media socket once per clock tick instead of waking the event loop per frame.
+
+Why: chan_websocket sends each call's caller audio as one 20 ms frame on that call's own timer, so
+at 100 calls the event loop wakes about 5,000 times a second, each time for one 166-byte frame:
+a context switch, an ``epoll_wait``, a loop iteration and cold caches, per frame. Measured through
+the real Asterisk at 100 calls (``bench/capacity.py``), those wake-ups were most of our process's
+CPU: halving them (an experiment with ``SO_RCVLOWAT``) took it from 4.1 to 2.8 ms per
+call-second, and Asterisk's own from 9.7 to 7.5 (fewer of its writes wake a sleeping reader).
+
+How: once a process carries ``threshold`` or more media sockets, the shared
+:class:`~vr3ai.media.clock.MediaClock` reads them itself at the end of each tick, after every
+session has sent its frame: the sockets leave the event loop's reading (``pause_reading``) and join
+one ``epoll`` of ours, polled without waiting, and each readable one gets one non-blocking
+``read`` whose bytes go to the protocol's ``data_received`` exactly as the loop would have
+delivered them. Below half the threshold they go back to the loop. End of stream and socket errors
+are never handled here: the socket is handed back to the loop, which reads the same EOF or error
+and runs its usual close path.
+
+The price is latency: a frame waits for the next tick, 10 ms on average (at most one tick), which
+is why it only starts where CPU becomes the limit. Arrival times are then known only to within a
+tick; :attr:`MediaClock.arrival_offset_s` tells sessions to use the middle of it (the play-out
+model re-anchors on MEDIA_MARK_PROCESSED and STATUS arrival times).
+
+Only plain TCP sockets on Linux take part (TLS needs the loop's decryption; other systems have no
+``select.epoll``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import weakref
+from typing import Protocol
+
+from vr3ai.media.clock import MediaClock
+
+log = logging.getLogger("vr3ai.media.tickread")
+
+_READ_SIZE = 16 * 1024
+"""Per read: a tick normally finds one 166-byte frame per socket. Not larger: os.read allocates the
+whole size first, and above glibc's mmap threshold (128 kB) that is an mmap/munmap per read."""
+
+
+class TickReadable(Protocol):
+    """A media socket that can be read by the tick: what :class:`TickReader` needs of it."""
+
+    def tick_fd(self) -> int | None:
+        """The socket's file descriptor, or None if it cannot be read directly (TLS, closing)."""
+        ...
+
+    def pause_loop_reading(self) -> None: ...
+
+    def resume_loop_reading(self) -> None: ...
+
+    def tick_data(self, data: bytes) -> None:
+        """Bytes read by the tick, to be handled as the loop's ``data_received`` would."""
+        ...
+
+
+class TickReader:
+    """The tick-driven reader of one clock (see module doc). Use :meth:`for_clock`."""
+
+    def __init__(self, clock: MediaClock) -> None:
+        self._clock = clock
+        self.threshold = 0
+        self._members: dict[int, TickReadable] = {}
+        """Enrolled sockets by id(); read by the tick only while :attr:`active`."""
+        self._fds: dict[int, TickReadable] = {}
+        """Sockets in our epoll, by fd."""
+        self._fd_of: dict[int, int] = {}
+        """id() of a socket in our epoll -> its fd."""
+        self._ep: select.epoll | None = None
+        self.active = False
+        self.reads = 0
+        self.switches = 0
+        self._hooked = False
+
+    @classmethod
+    def for_clock(cls, clock: MediaClock) -> TickReader | None:
+        """The clock's reader; None where tick reads are not possible (no epoll)."""
+        if not hasattr(select, "epoll"):
+            return None
+        reader = _READERS.get(clock)
+        if reader is None:
+            reader = _READERS[clock] = cls(clock)
+        return reader
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def enroll(self, sock: TickReadable, threshold: int) -> None:
+        """``sock`` carries a live media session; ``threshold`` (>0) sockets start tick reads."""
+        if threshold <= 0:
+            return
+        self.threshold = threshold
+        self._members[id(sock)] = sock
+        if not self._hooked:
+            self._clock.add_hook(self._after_tick)
+            self._hooked = True
+        if self.active:
+            self._start(sock)
+
+    def release(self, sock: TickReadable) -> None:
+        """``sock`` is closing or its session ended: the loop reads it again (idempotent)."""
+        if self._members.pop(id(sock), None) is None:
+            return
+        self._stop(sock)
+        if not self._members and self._hooked:
+            self._clock.remove_hook(self._after_tick)
+            self._hooked = False
+            self._set_active(False)
+
+    # ---------------------------------------------------------------- the tick
+    def _after_tick(self, now: float) -> None:
+        n = len(self._members)
+        if not self.active and n >= self.threshold:
+            self._set_active(True)
+        elif self.active and n < max(1, self.threshold // 2):
+            self._set_active(False)
+        if self.active and self._fds:
+            self._poll()
+
+    def _poll(self) -> None:
+        ep = self._ep
+        assert ep is not None
+        clock = self._clock
+        clock.arrival_offset_s = clock.tick_s / 2
+        try:
+            for fd, _events in ep.poll(0):
+                sock = self._fds.get(fd)
+                if sock is None:
+                    continue
+                try:
+                    data = os.read(fd, _READ_SIZE)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    # EOF or an error: the loop reads it again and runs its close path.
+                    self._stop(sock)
+                    continue
+                self.reads += 1
+                try:
+                    sock.tick_data(data)
+                except Exception:
+                    log.exception("media socket failed on data read by the clock")
+                # A full read may have left more: epoll reports the socket again on the next tick.
+        finally:
+            clock.arrival_offset_s = 0.0
+
+    # ---------------------------------------------------------------- membership
+    def _set_active(self, on: bool) -> None:
+        if on == self.active:
+            return
+        self.active = on
+        self.switches += 1
+        if on:
+            if self._ep is None:
+                self._ep = select.epoll()
+            for sock in list(self._members.values()):
+                self._start(sock)
+        else:
+            for sock in list(self._fds.values()):
+                self._stop(sock)
+            if self._ep is not None:
+                self._ep.close()
+                self._ep = None
+        log.info(
+            "media sockets are read %s",
+            "by the clock, once per tick" if on else "by the event loop again",
+            extra={"media_sockets": len(self._members), "threshold": self.threshold},
+        )
+
+    def _start(self, sock: TickReadable) -> None:
+        fd = sock.tick_fd()
+        if fd is None or self._ep is None:
+            return
+        try:
+            self._ep.register(fd, select.EPOLLIN)
+        except OSError:
+            return  # closed meanwhile: the loop keeps it
+        # A stale entry for a reused fd number belonged to a socket that is already closed.
+        self._fds[fd] = sock
+        self._fd_of[id(sock)] = fd
+        sock.pause_loop_reading()
+
+    def _stop(self, sock: TickReadable) -> None:
+        fd = self._fd_of.pop(id(sock), None)
+        if fd is None:
+            return
+        if self._fds.get(fd) is sock:
+            del self._fds[fd]
+            if self._ep is not None:
+                try:
+                    self._ep.unregister(fd)
+                except (OSError, ValueError):
+                    pass  # already closed: epoll dropped it with the socket
+        sock.resume_loop_reading()
+
+
+_READERS: weakref.WeakKeyDictionary[MediaClock, TickReader] = weakref.WeakKeyDictionary()
