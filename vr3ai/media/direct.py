@@ -23,7 +23,7 @@ this protocol class; both share :func:`vr3ai.media.server.serve_media` from MEDI
 checks (expected channel id, Basic auth, format) are the same code.
 
 Reading: by the event loop (``data_received``), or, once the process carries
-``MediaConfig.tick_reads_from`` media sockets, by the media clock once per tick
+``MediaConfig.tick_reads_from`` media sockets, by the media clock twice per tick
 (:mod:`vr3ai.media.tickread`: the transport is its ``TickReadable``). Either way the bytes reach
 the same ``data_received``.
 

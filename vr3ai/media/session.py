@@ -31,7 +31,7 @@ handler if the agent listens (:meth:`MediaSession.listen`: a plain call, no task
 appends it to a bounded queue for :meth:`MediaSession.frames`; if that agent falls behind, the
 oldest frames are dropped and counted. Asterisk's socket writes block while we do not read, which
 can stall its bridge (#2140). With many calls up, the socket is read by the media clock's tick
-instead of the event loop (``vr3ai.media.tickread``); arrival times are then the middle of the tick.
+instead of the event loop (``vr3ai.media.tickread``); arrival times are then estimated.
 
 Transport: sends are synchronous and non-blocking (the transport orders and buffers them), so the
 shared clock can service 150 sessions per tick without awaiting each one. See ``server.py`` for the
@@ -126,9 +126,9 @@ class MediaConfig:
     to us, so smaller differences are noise)."""
     recording_jitter_ms: float = 60.0
     tick_reads_from: int = 16
-    """From this many media sockets in the process, the media clock reads them once per tick
+    """From this many media sockets in the process, the media clock reads them twice per tick
     instead of the event loop waking for every frame (:mod:`vr3ai.media.tickread`): a third less
-    CPU per call at 100 calls, for 10 ms more latency on average; 0 never. Only sockets served by
+    CPU per call at 100 calls, for 5 ms more latency on average; 0 never. Only sockets served by
     :mod:`vr3ai.media.direct`."""
     close_grace_s: float = 1.0
     """After we close, how long the peer gets to complete the close before the session ends
@@ -659,6 +659,8 @@ class MediaSession:
         elif isinstance(event, MediaXon):
             if self._xoff:
                 self._xoff = False
+                # ``now`` may be the estimated arrival (tick reads); sending goes by the clock.
+                now = self._clock.now()
                 self._request_status(now)
                 self._fill(now)
         elif isinstance(event, ErrorEvent):
