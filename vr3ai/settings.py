@@ -44,8 +44,8 @@ class Settings:
     media_tls_port: int = 0
     """If set with cert and key, the media WebSocket is also served as wss on this port."""
     media_tick_reads_from: int = 16
-    """From this many concurrent calls, media sockets are read twice per 20 ms tick instead of
-    waking the event loop per frame (a third less CPU per call, 5 ms more latency on average;
+    """From this many concurrent calls, media sockets are read once per 20 ms tick instead of
+    waking the event loop per frame (a fifth to a third less CPU per call, 10 ms more latency on average;
     ``vr3ai.media.tickread``). 0: never."""
     start_telephony: bool = True
     """Start ARI listeners for stored configurations (tests of the API alone switch this off)."""

@@ -23,7 +23,7 @@ this protocol class; both share :func:`vr3ai.media.server.serve_media` from MEDI
 checks (expected channel id, Basic auth, format) are the same code.
 
 Reading: by the event loop (``data_received``), or, once the process carries
-``MediaConfig.tick_reads_from`` media sockets, by the media clock twice per tick
+``MediaConfig.tick_reads_from`` media sockets, by the media clock once per tick
 (:mod:`vr3ai.media.tickread`: the transport is its ``TickReadable``). Either way the bytes reach
 the same ``data_received``.
 
@@ -219,7 +219,9 @@ class DirectTransport:
             if self._tcp.get_write_buffer_size() > _MAX_BUFFERED:
                 self.dropped_sends += 1
                 return
-        self._tcp.write(_frame(0x82, data))
+        n = len(data)
+        # The 20 ms u-law frame (160 bytes) is framed here without a call: this runs per call per tick.
+        self._tcp.write(_HEAD_16(0x82, 126, n) + data if 126 <= n < 65536 else _frame(0x82, data))
 
     def send_text(self, text: str) -> None:
         if self._closed_out or self._closed_in or self._tcp.is_closing():

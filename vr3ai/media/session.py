@@ -31,7 +31,7 @@ handler if the agent listens (:meth:`MediaSession.listen`: a plain call, no task
 appends it to a bounded queue for :meth:`MediaSession.frames`; if that agent falls behind, the
 oldest frames are dropped and counted. Asterisk's socket writes block while we do not read, which
 can stall its bridge (#2140). With many calls up, the socket is read by the media clock's tick
-instead of the event loop (``vr3ai.media.tickread``); arrival times are then estimated.
+instead of the event loop (``vr3ai.media.tickread``); arrival times are then the middle of the tick.
 
 Transport: sends are synchronous and non-blocking (the transport orders and buffers them), so the
 shared clock can service 150 sessions per tick without awaiting each one. See ``server.py`` for the
@@ -126,9 +126,9 @@ class MediaConfig:
     to us, so smaller differences are noise)."""
     recording_jitter_ms: float = 60.0
     tick_reads_from: int = 16
-    """From this many media sockets in the process, the media clock reads them twice per tick
-    instead of the event loop waking for every frame (:mod:`vr3ai.media.tickread`): a third less
-    CPU per call at 100 calls, for 5 ms more latency on average; 0 never. Only sockets served by
+    """From this many media sockets in the process, the media clock reads them once per tick
+    instead of the event loop waking for every frame (:mod:`vr3ai.media.tickread`): a fifth to a third less
+    CPU per call at 100 calls, for 10 ms more latency on average; 0 never. Only sockets served by
     :mod:`vr3ai.media.direct`."""
     close_grace_s: float = 1.0
     """After we close, how long the peer gets to complete the close before the session ends
@@ -322,6 +322,8 @@ class MediaSession:
         self._frame_s = frame_ms / 1000.0
         self._bytes_per_ms = wire.sample_rate * wire.bytes_per_sample / 1000.0
         self._silence_frame = wire.silence(self._fb)
+        self._send_silence = self.config.send_silence
+        self._odd_bytes_matter = wire.bytes_per_sample == 2
         self._lead_s = self.config.target_lead_ms / 1000.0
         self._log_extra = {"channel_id": start.channel_id}
 
@@ -618,7 +620,7 @@ class MediaSession:
         stats = self.stats
         stats.frames_in += 1
         stats.bytes_in += len(data)
-        if self._wire.bytes_per_sample == 2 and len(data) % 2:
+        if self._odd_bytes_matter and len(data) % 2:
             # A broken peer's half sample would shift every later sample by one byte.
             data = data[:-1]
         if not data:
@@ -767,7 +769,7 @@ class MediaSession:
             if self._rd >= 65536 and self._rd * 2 >= len(self._buf):
                 del self._buf[: self._rd]
                 self._rd = 0
-        elif self.config.send_silence:
+        elif self._send_silence:
             payload = self._silence_frame
             end_off = -1
             self.stats.silence_frames_out += 1

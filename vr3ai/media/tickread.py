@@ -7,20 +7,19 @@ the real Asterisk at 100 calls (``bench/capacity.py``), those wake-ups were most
 CPU: halving them (an experiment with ``SO_RCVLOWAT``) took it from 4.1 to 2.8 ms per
 call-second, and Asterisk's own from 9.7 to 7.5 (fewer of its writes wake a sleeping reader).
 
-How: once a process carries ``threshold`` or more media sockets, they are read twice per tick of
-the shared :class:`~vr3ai.media.clock.MediaClock`: at the end of each tick, after every session
-has sent its frame, and half a tick later (one timer): the sockets leave the event loop's reading
-(``pause_reading``) and join one ``epoll`` of ours, polled without waiting, and each readable one
-gets one non-blocking ``read`` whose bytes go to the protocol's ``data_received`` exactly as the
-loop would have delivered them. Below half the threshold they go back to the loop. End of stream
-and socket errors are never handled here: the socket is handed back to the loop, which reads the
-same EOF or error and runs its usual close path.
+How: once a process carries ``threshold`` or more media sockets, the shared
+:class:`~vr3ai.media.clock.MediaClock` reads them itself at the end of each tick, after every
+session has sent its frame: the sockets leave the event loop's reading (``pause_reading``) and join
+one ``epoll`` of ours, polled without waiting, and each readable one gets one non-blocking
+``read`` whose bytes go to the protocol's ``data_received`` exactly as the loop would have
+delivered them. Below half the threshold they go back to the loop. End of stream and socket errors
+are never handled here: the socket is handed back to the loop, which reads the same EOF or error
+and runs its usual close path.
 
-The price is latency: a frame waits for the next read, 5 ms on average (at most half a tick; the
-loop wakes 100 times a second for it instead of ~50 times per call), which is why it only starts
-where CPU becomes the limit. Arrival times are then known only to within half a tick;
-:attr:`MediaClock.arrival_offset_s` tells sessions to use the middle of it (the play-out model
-re-anchors on MEDIA_MARK_PROCESSED and STATUS arrival times).
+The price is latency: a frame waits for the next tick, 10 ms on average (at most one tick), which
+is why it only starts where CPU becomes the limit. Arrival times are then known only to within a
+tick; :attr:`MediaClock.arrival_offset_s` tells sessions to use the middle of it (the play-out
+model re-anchors on MEDIA_MARK_PROCESSED and STATUS arrival times).
 
 Only plain TCP sockets on Linux take part (TLS needs the loop's decryption; other systems have no
 ``select.epoll``).
@@ -28,7 +27,6 @@ Only plain TCP sockets on Linux take part (TLS needs the loop's decryption; othe
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import select
@@ -77,7 +75,6 @@ class TickReader:
         self.reads = 0
         self.switches = 0
         self._hooked = False
-        self._between: asyncio.TimerHandle | None = None
 
     @classmethod
     def for_clock(cls, clock: MediaClock) -> TickReader | None:
@@ -123,20 +120,12 @@ class TickReader:
             self._set_active(False)
         if self.active and self._fds:
             self._poll()
-            if self._between is None:
-                loop = asyncio.get_running_loop()
-                self._between = loop.call_later(self._clock.tick_s / 2, self._poll_between)
-
-    def _poll_between(self) -> None:
-        self._between = None
-        if self.active and self._fds:
-            self._poll()
 
     def _poll(self) -> None:
         ep = self._ep
         assert ep is not None
         clock = self._clock
-        clock.arrival_offset_s = clock.tick_s / 4
+        clock.arrival_offset_s = clock.tick_s / 2
         try:
             for fd, _events in ep.poll(0):
                 sock = self._fds.get(fd)
@@ -173,9 +162,6 @@ class TickReader:
             for sock in list(self._members.values()):
                 self._start(sock)
         else:
-            if self._between is not None:
-                self._between.cancel()
-                self._between = None
             for sock in list(self._fds.values()):
                 self._stop(sock)
             if self._ep is not None:
@@ -183,7 +169,7 @@ class TickReader:
                 self._ep = None
         log.info(
             "media sockets are read %s",
-            "by the media clock, twice per tick" if on else "by the event loop again",
+            "by the clock, once per tick" if on else "by the event loop again",
             extra={"media_sockets": len(self._members), "threshold": self.threshold},
         )
 
