@@ -571,19 +571,27 @@ async def _wait_for(predicate: Any, within: float = 3.0) -> None:
             await asyncio.sleep(0.01)
 
 
+async def _ticked_call(
+    url: str, registry: MediaRegistry, cid: str
+) -> tuple[MediaSession, asyncio.StreamReader, asyncio.StreamWriter, TickReader]:
+    """A raw Asterisk-like connection whose session is up and read by the clock's ticks."""
+    port = int(url.split(":")[2].split("/")[0])
+    fut = registry.expect(cid)
+    reader, writer = await raw_upgrade(port, f"tick-{cid}".encode()[:16].ljust(16, b"k"))
+    writer.write(_masked(0x1, media_start_text(cid).encode()))
+    session = await asyncio.wait_for(fut, 5)
+    tr = _tick_reader()
+    await _wait_for(lambda: tr.active)
+    return session, reader, writer, tr
+
+
 async def test_tick_reads_carry_a_whole_call_and_hand_the_close_back() -> None:
     """Above the threshold the clock reads the socket (no loop wake-up per frame): frames split
     across reads and batched in one read, text events, and the peer's close all arrive exactly
     as through the loop, and the socket goes back to the loop for its close handshake."""
     registry = MediaRegistry(MediaConfig(status_interval_s=0, tick_reads_from=1))
     async with serve(registry) as url:
-        port = int(url.split(":")[2].split("/")[0])
-        fut = registry.expect("ticked")
-        reader, writer = await raw_upgrade(port, b"tick-reads-key-1")
-        writer.write(_masked(0x1, media_start_text("ticked").encode()))
-        session = await asyncio.wait_for(fut, 5)
-        tr = _tick_reader()
-        await _wait_for(lambda: tr.active)
+        session, reader, writer, tr = await _ticked_call(url, registry, "ticked")
         got: list[bytes] = []
         listening = asyncio.ensure_future(session.listen(got.append))
         a, b = bytes(range(160)), bytes(range(95, 255))
@@ -618,13 +626,7 @@ async def test_tick_reads_carry_a_whole_call_and_hand_the_close_back() -> None:
 async def test_tick_reads_peer_vanishing_is_seen_through_the_loop() -> None:
     registry = MediaRegistry(MediaConfig(status_interval_s=0, tick_reads_from=1))
     async with serve(registry) as url:
-        port = int(url.split(":")[2].split("/")[0])
-        fut = registry.expect("vanish")
-        _reader, writer = await raw_upgrade(port, b"tick-reads-key-2")
-        writer.write(_masked(0x1, media_start_text("vanish").encode()))
-        session = await asyncio.wait_for(fut, 5)
-        tr = _tick_reader()
-        await _wait_for(lambda: tr.active)
+        session, _reader, writer, tr = await _ticked_call(url, registry, "vanish")
         writer.write(_masked(0x2, b"\xff" * 160))
         await writer.drain()
         writer.transport.abort()  # TCP reset, no close frame: EOF/error handed back to the loop
