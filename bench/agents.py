@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from vr3ai.agent.base import CallContext, RunReport
-from vr3ai.media.interface import CallAudio, CallEnded, PushedFrames
+from vr3ai.media.interface import CallAudio, CallEnded, deliver_frames
 
 with warnings.catch_warnings():
     # audioop is C and per-frame RMS is the hot path of this agent; it leaves the stdlib in 3.13.
@@ -116,11 +116,7 @@ class MinimalAgent:
 
         try:
             # Frames pushed by the media reader where the session offers it, as our voice agent does.
-            if isinstance(audio, PushedFrames):
-                await audio.listen(on_frame)
-            else:
-                async for frame in audio.frames():
-                    on_frame(frame)
+            await deliver_frames(audio, on_frame)
         finally:
             await asyncio.wait({events}, timeout=2.0)
             events.cancel()

@@ -90,7 +90,7 @@ from vr3ai.agent.services.audio import silence, split_sentences, synthesize_trim
 from vr3ai.agent.services.base import ServiceError, SpeechToText, TextToSpeech, Transcript
 from vr3ai.agent.services.cache import TtsCache, cache_key
 from vr3ai.agent.services.vad import SileroModel, SileroVad, VadEvent, VadParams, VadState
-from vr3ai.media.interface import CallAudio, CallEnded, Dtmf, MarkHeard, PushedFrames
+from vr3ai.media.interface import CallAudio, CallEnded, Dtmf, MarkHeard, deliver_frames
 
 log = logging.getLogger(__name__)
 
@@ -663,14 +663,8 @@ class VoicePipeline:
                     self._report.event("error", f"audio processing failed: {exc!r}", self._now())
 
         try:
-            if isinstance(audio, PushedFrames):
-                # The media session calls us from its reader: no task wake-up per 20 ms frame.
-                await audio.listen(on_frame)
-            else:
-                async for frame in audio.frames():
-                    if self._ended:
-                        break
-                    on_frame(frame)
+            # The media session calls on_frame from its reader: no task wake-up per 20 ms frame.
+            await deliver_frames(audio, on_frame)
         finally:
             if not self._ended:
                 self._on_call_ended("media ended")

@@ -83,8 +83,6 @@ class DirectTransport:
         self._inbox: deque[str | bytes] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._sink: Callable[[str | bytes], None] | None = None
-        self._bytes_sink: Callable[[bytes], None] | None = None
-        """While attached and open: where binary messages go without ``deliver``'s checks."""
         self._ended: asyncio.Future[None] = loop.create_future()
         self._failed = False
         self._closed_in = False
@@ -110,29 +108,14 @@ class DirectTransport:
         try:
             sink(msg)
         except Exception as exc:
-            self._fail(exc)
-
-    def deliver_bytes(self, data: bytes) -> None:
-        """A binary message: one per 20 ms frame and call, hence its own short path."""
-        sink = self._bytes_sink
-        if sink is None:
-            self.deliver(data)
-            return
-        try:
-            sink(data)
-        except Exception as exc:
-            self._fail(exc)
-
-    def _fail(self, exc: Exception) -> None:
-        # Ends the session's run() with this error (it logs it and closes with 1011).
-        self._failed = True
-        self._sink = self._bytes_sink = None
-        if not self._ended.done():
-            self._ended.set_exception(exc)
+            # Ends the session's run() with this error (it logs it and closes with 1011).
+            self._failed = True
+            self._sink = None
+            if not self._ended.done():
+                self._ended.set_exception(exc)
 
     def peer_closed(self, code: int | None) -> None:
         self._leave_tick_reads()
-        self._bytes_sink = None
         if self._closed_in:
             return
         self._closed_in = True
@@ -160,23 +143,16 @@ class DirectTransport:
                 self._waiter = None
 
     async def attach(
-        self,
-        sink: Callable[[str | bytes], None],
-        clock: MediaClock | None = None,
-        tick_reads_from: int = 0,
-        bytes_sink: Callable[[bytes], None] | None = None,
+        self, sink: Callable[[str | bytes], None], clock: MediaClock | None = None, tick_reads_from: int = 0
     ) -> None:
-        """Deliver every further message by calling ``sink`` (binary ones ``bytes_sink`` if given)
-        from ``data_received``; returns when the socket is closed, raises what a sink raised. With
-        ``clock``, the socket is read by that clock's ticks while ``tick_reads_from`` or more
-        sockets are (:mod:`vr3ai.media.tickread`)."""
+        """Deliver every further message by calling ``sink`` from ``data_received``; returns when
+        the socket is closed, raises what ``sink`` raised. With ``clock``, the socket is read by
+        that clock's ticks while ``tick_reads_from`` or more sockets are (:mod:`vr3ai.media.tickread`)."""
         while self._inbox:
             sink(self._inbox.popleft())
         if self._closed_in:
             return
         self._sink = sink
-        if not (self._closed_out or self._failed):
-            self._bytes_sink = bytes_sink
         if clock is not None and tick_reads_from > 0:
             self._tick_reader = TickReader.for_clock(clock)
             if self._tick_reader is not None:
@@ -184,7 +160,7 @@ class DirectTransport:
         try:
             await self._ended
         finally:
-            self._sink = self._bytes_sink = None
+            self._sink = None
             self._leave_tick_reads()
 
     def _leave_tick_reads(self) -> None:
@@ -234,7 +210,6 @@ class DirectTransport:
         if self._closed_out:
             return
         self._closed_out = True
-        self._bytes_sink = None  # past our close frame: discard, as uvicorn does
         if not self._closed_in:
             self._proto.send_close(code, reason)
 
@@ -285,7 +260,7 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
             payload = apply_mask(buf[head + 4 : head + 4 + n], buf[head : head + 4])
             pos = head + 4 + n
             if opcode == 0x2:
-                d.deliver_bytes(payload)
+                d.deliver(payload)
             elif opcode == 0x1:
                 self._deliver_text(payload)
             else:

@@ -137,3 +137,13 @@ class PushedFrames(Protocol):
         Returns when the call's audio ends. If ``on_frame`` raises, no further frame is delivered
         and ``listen`` raises that exception."""
         ...
+
+
+async def deliver_frames(audio: CallAudio, on_frame: Callable[[bytes], None]) -> None:
+    """Every caller frame to ``on_frame`` until the call's audio ends: pushed by the session where
+    it can (:class:`PushedFrames`), else by iterating :meth:`CallAudio.frames` (fakes)."""
+    if isinstance(audio, PushedFrames):
+        await audio.listen(on_frame)
+    else:
+        async for frame in audio.frames():
+            on_frame(frame)

@@ -579,7 +579,7 @@ class MediaSession:
         error: BaseException | None = None
         try:
             if attach is not None:
-                await attach(self._on_message, self._clock, self.config.tick_reads_from, self._on_audio)
+                await attach(self._on_message, self._clock, self.config.tick_reads_from)
             else:
                 while (msg := await receive()) is not None:
                     if isinstance(msg, str):
@@ -613,10 +613,7 @@ class MediaSession:
         else:
             self._on_audio(msg, now)
 
-    def _on_audio(self, data: bytes, now: float | None = None) -> None:
-        if now is None:  # pushed by the transport (one call less per frame than _on_message)
-            clock = self._clock
-            now = clock.now() - clock.arrival_offset_s
+    def _on_audio(self, data: bytes, now: float) -> None:
         stats = self.stats
         stats.frames_in += 1
         stats.bytes_in += len(data)
