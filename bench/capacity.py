@@ -125,6 +125,8 @@ class StepResult:
     threads_ms: dict[str, float] = field(default_factory=dict)
     stages: dict[str, list[float]] = field(default_factory=dict)
     load: str = ""
+    ab: list[dict[str, Any]] = field(default_factory=list)
+    """``--ab``: one entry per window of the last step, the knob on or off."""
 
     def per_call_s(self, ms: float) -> float:
         return ms / max(1e-9, self.calls * self.seconds)
@@ -152,6 +154,95 @@ async def measure_idle(lab: AsteriskLab, plat: PlatformProcess, seconds: float) 
     out = {k: v / dt for k, v in used.items()}
     out["threads"] = inside.get("threads_ms", {})  # type: ignore[assignment]
     return out
+
+
+def _preemptions(pid: int) -> int:
+    """Involuntary context switches of every thread of ``pid`` so far."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError):
+            for line in status.read_text().splitlines():
+                if line.startswith("nonvoluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
+async def ab_windows(
+    plat: PlatformProcess, pids: dict[str, int | str], callers: list[Caller], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """The same calls, the knob switched on and off in the platform every window (on, off, off,
+    on, on, off, ...: drift of the shared box cancels out), CPU per call-second of each window.
+    Between two processes started one after the other the box moves more than most changes are
+    worth; inside one process, with the same calls up, it does not."""
+    out: list[dict[str, Any]] = []
+    n = len(callers)
+    for i in range(2 * args.ab_windows):
+        on = (i % 4) in (0, 3)
+        await plat.command(f"ab {args.ab} {'on' if on else 'off'}")
+        await asyncio.sleep(1.0)  # settle: the switch takes effect on the next tick
+        probe = CpuProbe(pids)
+        cs0 = _preemptions(plat.pid)
+        await plat.command("clock")  # resets the platform's tick-lateness record
+        probe.start()
+        t0 = time.monotonic()
+        await asyncio.sleep(args.ab_seconds)
+        used = probe.stop()
+        t1 = time.monotonic()
+        dt = t1 - t0
+        cs1 = _preemptions(plat.pid)
+        clock = await plat.command("clock")
+        plat_ms = used["platform"]
+        holes = underruns = 0
+        for c in callers:
+            h = analyse_stream(
+                np.frombuffer(c.rx_t, dtype=np.float64), np.frombuffer(bytes(c.rx_loud), dtype=np.uint8), t0, t1
+            )
+            holes += len(h.holes_in_speech_ms)
+            underruns += any(x >= AUDIBLE_MS - 8 for x in h.holes_in_speech_ms)
+        out.append(
+            {
+                "on": on,
+                "holes_in_speech": holes,
+                "underrun_calls": underruns,
+                "clock_p99_ms": clock.get("p99_ms") or 0.0,
+                "platform": plat_ms / dt / n,
+                "sys_pct": 100 * probe.sys_ms.get("platform", 0.0) / max(1e-9, plat_ms),
+                "asterisk": used.get("asterisk", 0.0) / dt / n,
+                "preempt_per_s": (cs1 - cs0) / dt,
+            }
+        )
+    await plat.command(f"ab {args.ab} on")
+    return out
+
+
+def print_ab(r: StepResult, knob: str) -> None:
+    if not r.ab:
+        return
+    print(f"\n== A/B of '{knob}' at {r.calls} calls, inside one platform process ({len(r.ab)} windows) ==")
+    print(
+        f"{'window':>6} {'knob':>4} {'platform':>9} {'sys%':>5} {'asterisk':>9} {'preempt/s':>10} "
+        f"{'clock p99':>9} {'holes in speech':>15} {'underrun calls':>14}"
+    )
+    for i, w in enumerate(r.ab):
+        print(
+            f"{i + 1:>6} {'on' if w['on'] else 'off':>4} {w['platform']:>9.2f} {w['sys_pct']:>5.0f} "
+            f"{w['asterisk']:>9.2f} {w['preempt_per_s']:>10.0f} {w['clock_p99_ms']:>9.1f} "
+            f"{w['holes_in_speech']:>15} {w['underrun_calls']:>14}"
+        )
+    on = [w for w in r.ab if w["on"]]
+    off = [w for w in r.ab if not w["on"]]
+    names = {
+        "platform": "platform ms/call-s",
+        "asterisk": "Asterisk ms/call-s",
+        "preempt_per_s": "preemptions/s",
+        "clock_p99_ms": "clock p99 ms late",
+        "holes_in_speech": "holes in speech per window",
+        "underrun_calls": "calls with an audible underrun per window",
+    }
+    for key, name in names.items():
+        a = float(np.mean([w[key] for w in on]))
+        b = float(np.mean([w[key] for w in off]))
+        print(f"  {name}: on {a:.2f}, off {b:.2f}  (on/off x{a / max(1e-9, b):.2f})")
 
 
 async def run_step(
@@ -197,6 +288,8 @@ async def run_step(
     w1 = time.monotonic()
     inside = await plat.command("stats")
     res.seconds = w1 - w0
+    if args.ab and n == max(int(x) for x in args.steps.split(",") if x.strip()):
+        res.ab = await ab_windows(plat, pids, [c for c in callers if not c.origin_error], args)
     res.rss_platform_mb = inside["rss_mb"]
     res.rss_loadgen_mb = rss_mb()
     tick = np.asarray(fleet.tick_lateness_ms[-int(seconds / 0.02) :] or [0.0])
@@ -526,6 +619,14 @@ async def main() -> None:
         "(default: VR3AI_MEDIA_TICK_READS_FROM's default; 0 = the event loop per frame, as before)",
     )
     ap.add_argument(
+        "--ab",
+        choices=["ring"],
+        help="A/B inside the last step: switch this mechanism on and off in the running platform "
+        "(ring: io_uring batched sends, vr3ai.media.uring) and report CPU per window",
+    )
+    ap.add_argument("--ab-windows", type=int, default=4, help="windows per state for --ab")
+    ap.add_argument("--ab-seconds", type=float, default=8.0, help="seconds per --ab window")
+    ap.add_argument(
         "--renice",
         type=int,
         default=0,
@@ -594,6 +695,8 @@ async def main() -> None:
                 finally:
                     await plat.stop()
     print_tables(results, args.agent, idle)
+    if args.ab and results:
+        print_ab(results[-1] if not (args.stall_ms > 0 and args.stall_calls > 0) else results[-2], args.ab)
     print_targets(results, idle)
     print(f"\nload average after: {loadavg()}; wall time {time.monotonic() - t_start:.0f} s")
     if args.json:

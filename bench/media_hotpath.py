@@ -19,7 +19,10 @@ time with no I/O, so the figure repeats within a few percent:
   does), a GET_STATUS every 5 s answered with a STATUS.
 
 Modes (same run): ``listen`` (the agent takes frames through ``PushedFrames.listen``, as our agents
-do) and ``pull`` (it iterates ``frames()``: a task wake-up per frame): the baseline.
+do), ``pull`` (it iterates ``frames()``: a task wake-up per frame): the baseline, and ``tick``
+(listen, and the clock reads each call's socket once per tick, :mod:`vr3ai.media.tickread`, as
+production does from 16 calls: real socketpairs, one ``os.read`` per call per tick, the peer's
+writes outside the timing).
 Figures: CPU ms per call-second of simulated time (the event loop's own I/O and the kernel are
 not in it; see capacity.py for those), min and median of --repeat runs.
 """
@@ -30,6 +33,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import socket
 import statistics
 import sys
 import tempfile
@@ -64,9 +68,13 @@ def _masked(opcode: int, payload: bytes) -> bytes:
 
 
 class _CountingTcp:
-    def __init__(self) -> None:
+    """The server side of the TCP connection: writes are counted, not sent (the kernel's send is
+    not our Python); in ``tick`` mode it has a real socket for the clock to read."""
+
+    def __init__(self, sock: socket.socket | None = None) -> None:
         self.written = 0
         self.texts: list[bytes] = []
+        self.sock = sock
 
     def write(self, data: bytes) -> None:
         self.written += len(data)
@@ -79,11 +87,20 @@ class _CountingTcp:
     def get_write_buffer_size(self) -> int:
         return 0
 
+    def get_extra_info(self, name: str) -> Any:
+        return self.sock if name == "socket" else None
 
-def _protocol(loop: asyncio.AbstractEventLoop) -> Any:
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def _protocol(loop: asyncio.AbstractEventLoop, sock: socket.socket | None = None) -> Any:
     """A MediaWebSocketProtocol as ``handle_connect`` leaves it, minus uvicorn's server state."""
     proto: Any = object.__new__(MediaWebSocketProtocol)
-    proto.transport = _CountingTcp()
+    proto.transport = _CountingTcp(sock)
     proto.loop = loop
     proto.writable = asyncio.Event()
     proto.writable.set()
@@ -91,14 +108,21 @@ def _protocol(loop: asyncio.AbstractEventLoop) -> Any:
     return proto
 
 
-async def run_once(calls: int, seconds: float, pull: bool) -> tuple[float, float, float]:
-    """CPU ms per call-second, and of it: inbound us per frame, outbound us per session tick."""
+async def run_once(calls: int, seconds: float, mode: str) -> tuple[float, float, float]:
+    """CPU ms per call-second, and of it: inbound us per frame, outbound us per session tick
+    (``tick`` mode: inbound is read inside the tick, so both are in the second figure)."""
     loop = asyncio.get_running_loop()
     now = [1000.0]
     clock = MediaClock(time_fn=lambda: now[0], autostart=False)
-    config = MediaConfig()
+    ticked = mode == "tick"
+    # No ring sends: the socketpairs' peers are never read, and the figure is our Python.
+    config = MediaConfig(tick_reads_from=1 if ticked else 0, ring_sends=False)
     tmp = Path(tempfile.mkdtemp(prefix="vr3ai-hotpath-"))
-    protos = [_protocol(loop) for _ in range(calls)]
+    pairs = [socket.socketpair() for _ in range(calls)] if ticked else []
+    for ours, _peer in pairs:
+        ours.setblocking(False)
+    protos = [_protocol(loop, pairs[i][0] if ticked else None) for i in range(calls)]
+    peers = [peer for _ours, peer in pairs]
     sessions = [
         MediaSession(
             p._direct,
@@ -120,44 +144,58 @@ async def run_once(calls: int, seconds: float, pull: bool) -> tuple[float, float
         async for frame in s.frames():
             on_frame(frame)
 
-    agents = [asyncio.ensure_future(pull_agent(s) if pull else s.listen(on_frame)) for s in sessions]
+    agents = [asyncio.ensure_future(pull_agent(s) if mode == "pull" else s.listen(on_frame)) for s in sessions]
     await asyncio.sleep(0)
     # Caller speech half of the time (a loud frame), silence otherwise: u-law of the utterance.
     speech = _masked(2, audioop.lin2ulaw(UTTERANCE[:320], 2))
     quiet = _masked(2, b"\xff" * 160)
     ticks = int(seconds / TICK_S)
     cpu_in = cpu_out = 0.0
+
+    def answer(i: int, data: bytes) -> None:
+        # What chan_websocket sends: not our cost, so it is written (tick) or fed outside the timing
+        # except for our parser's share, which the loop's read would run too.
+        if ticked:
+            peers[i].sendall(data)
+        else:
+            protos[i].data_received(data)
+
     for k in range(ticks):
-        t0 = time.process_time()
         now[0] += TICK_S
         frame = speech if (k // 50) % 2 else quiet
+        if ticked:
+            for peer in peers:
+                peer.sendall(frame)
+        t0 = time.process_time()
         for i, p in enumerate(protos):
             if (k + i) % 100 == 0:  # each call starts an utterance every 2 s, staggered
                 sessions[i].play(UTTERANCE, mark=f"u{k}")
-            p.data_received(frame)
-        if pull:
+            if not ticked:
+                p.data_received(frame)
+        if mode == "pull":
             await asyncio.sleep(0)  # the agents' frames() wake-ups
         t1 = time.process_time()
         clock.tick(now[0], due=now[0])
         t2 = time.process_time()
         cpu_in += t1 - t0
         cpu_out += t2 - t1
-        # Asterisk's answers (not our cost): MEDIA_MARK_PROCESSED per mark, STATUS per GET_STATUS.
-        for p in protos:
+        # Asterisk's answers: MEDIA_MARK_PROCESSED per mark, STATUS per GET_STATUS.
+        for i, p in enumerate(protos):
             texts = p.transport.texts
             if texts:
                 for raw in texts:
                     body = raw[2:].decode()
                     if body.startswith("MARK_MEDIA"):
                         cid = body.split(" ", 1)[1]
-                        p.data_received(_masked(1, f"MEDIA_MARK_PROCESSED {cid}".encode()))
+                        answer(i, _masked(1, f"MEDIA_MARK_PROCESSED {cid}".encode()))
                     elif body.startswith("GET_STATUS"):
-                        p.data_received(
+                        answer(
+                            i,
                             _masked(
                                 1,
                                 b"STATUS queue_length:2 xon_level:800 xoff_level:900 queue_full:false "
                                 b"bulk_media:false media_paused:false",
-                            )
+                            ),
                         )
                 texts.clear()
     for p in protos:
@@ -166,7 +204,12 @@ async def run_once(calls: int, seconds: float, pull: bool) -> tuple[float, float
     await asyncio.gather(*agents, return_exceptions=True)
     for s in sessions:
         await s.recording
+    for pair in pairs:
+        for sock in pair:
+            sock.close()
     await asyncio.to_thread(shutil.rmtree, tmp)
+    if loud[0] == 0 or clock.service_errors:
+        raise SystemExit(f"{mode}: the agent heard no speech or the clock failed: the run measured nothing")
     n = calls * ticks
     return (cpu_in + cpu_out) * 1000 / (calls * seconds), cpu_in * 1e6 / n, cpu_out * 1e6 / n
 
@@ -176,16 +219,20 @@ async def main() -> None:
     ap.add_argument("--calls", type=int, default=100)
     ap.add_argument("--seconds", type=float, default=20.0, help="simulated seconds per run")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--modes", default="pull,listen,tick", help="comma-separated; the first is the baseline")
     args = ap.parse_args()
-    res: dict[str, list[tuple[float, float, float]]] = {"pull": [], "listen": []}
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or set(modes) - {"pull", "listen", "tick"}:
+        ap.error("--modes: pull, listen and/or tick")
+    res: dict[str, list[tuple[float, float, float]]] = {m: [] for m in modes}
     for _ in range(args.repeat):
         for mode in res:
-            res[mode].append(await run_once(args.calls, args.seconds, pull=mode == "pull"))
+            res[mode].append(await run_once(args.calls, args.seconds, mode))
     print(
         f"{args.calls} calls x {args.seconds:.0f} simulated s, {args.repeat} runs, "
         f"loop={type(asyncio.get_running_loop()).__module__}, load {os.getloadavg()[0]:.1f}"
     )
-    base = min(r[0] for r in res["pull"])
+    base = min(r[0] for r in res[modes[0]])
     for mode, runs in res.items():
         v = [r[0] for r in runs]
         best = min(runs)
@@ -194,7 +241,11 @@ async def main() -> None:
             f"  x baseline {best[0] / base:.2f}   (best run: inbound {best[1]:.1f} us per frame,"
             f" outbound {best[2]:.1f} us per session tick)"
         )
-    print("(baseline = pull: the agent iterates frames(); listen: PushedFrames.listen)")
+    print(
+        f"(baseline = {modes[0]}; pull: the agent iterates frames(); listen: PushedFrames.listen; tick: listen, and"
+        " the clock reads the sockets (real socketpairs, os.read per frame: the production path from"
+        " VR3AI_MEDIA_TICK_READS_FROM calls) - its inbound is inside the session tick figure)"
+    )
 
 
 if __name__ == "__main__":

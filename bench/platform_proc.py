@@ -322,6 +322,17 @@ class Meter:
         }
 
 
+def _ab_switch(knob: str, on: bool) -> dict[str, Any]:
+    if knob == "ring":
+        from vr3ai.media import uring
+
+        batches = list(uring._BATCHES.values())
+        for b in batches:
+            b.enabled = on
+        return {"knob": knob, "on": on, "switched": len(batches)}
+    return {"event": "error", "message": f"unknown A/B knob {knob!r}"}
+
+
 def _session_counters(s: Any) -> dict[str, float]:
     st = s.stats
     tr = getattr(s, "_transport", None)
@@ -474,6 +485,20 @@ async def main() -> None:
                 out: dict[str, Any] = {"event": "marked"}
             elif line == "stats":
                 out = meter.stats()
+            elif line == "clock":
+                # Tick lateness since the last "clock" (A/B windows); the record restarts.
+                lat = sorted(shared_clock().lateness_ms or [])
+                shared_clock().lateness_ms = []
+                out = {
+                    "event": "clock",
+                    "ticks": len(lat),
+                    "p99_ms": round(lat[int(len(lat) * 0.99)], 2) if lat else None,
+                    "max_ms": round(lat[-1], 2) if lat else None,
+                }
+            elif line.startswith("ab "):
+                # A/B inside one step (capacity.py --ab): switch a mechanism on or off at run time.
+                knob, _, state = line[3:].partition(" ")
+                out = {"event": "ab", **_ab_switch(knob, state == "on")}
             elif line == "status":
                 out = {"event": "status", **(await p.get(f"/api/v1/telephony-configurations/{cfg_id}/status"))}
             else:

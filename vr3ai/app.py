@@ -85,7 +85,9 @@ def create_app(
 ) -> FastAPI:
     settings = settings or Settings.from_env()
     svc = services or Services.build(settings)
-    svc.media = svc.media or MediaRegistry(MediaConfig(tick_reads_from=max(0, settings.media_tick_reads_from)))
+    svc.media = svc.media or MediaRegistry(
+        MediaConfig(tick_reads_from=max(0, settings.media_tick_reads_from), ring_sends=settings.media_ring_sends)
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

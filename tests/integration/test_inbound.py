@@ -12,8 +12,10 @@ from tests.harness import AsteriskLab, audio
 from tests.integration.agents import AgentRecorder
 from tests.integration.conftest import SIMPLE_WORKFLOW
 from tests.integration.platform import RunningPlatform, running_platform
+from vr3ai.media import uring
 from vr3ai.media.clock import shared_clock
 from vr3ai.media.tickread import TickReader
+from vr3ai.media.uring import SendBatch, SendRing
 
 pytestmark = pytest.mark.asterisk
 
@@ -33,7 +35,8 @@ async def test_inbound_call_audio_both_ways(
 
 async def test_inbound_call_with_media_read_by_the_clock(lab: AsteriskLab, tmp_path: Path) -> None:
     """The same call with the media socket read once per clock tick (what the platform does from
-    VR3AI_MEDIA_TICK_READS_FROM calls on; 1 here), not by the event loop per frame."""
+    VR3AI_MEDIA_TICK_READS_FROM calls on; 1 here), not by the event loop per frame; and the
+    clock's frames sent with one io_uring submission per tick (the default where Linux allows)."""
     recorder = AgentRecorder()
     async with running_platform(
         tmp_path, port=lab.media_port, agent_factory=recorder, ring_timeout_s=4, media_tick_reads_from=1
@@ -42,6 +45,20 @@ async def test_inbound_call_with_media_read_by_the_clock(lab: AsteriskLab, tmp_p
         reader = TickReader.for_clock(shared_clock())
         assert reader is not None and reader.reads > 100, "the clock never read the media socket"
         assert len(reader) == 0 and not reader.active  # released with the call
+        if SendRing.create(2) is not None:
+            batch = SendBatch.for_clock(shared_clock())
+            assert batch is not None and batch.ring_sends > 100, "the frames did not go through io_uring"
+
+
+async def test_inbound_call_with_frames_written_one_by_one(lab: AsteriskLab, tmp_path: Path) -> None:
+    """The same call with VR3AI_MEDIA_RING_SENDS off: every frame its own write, as where the
+    kernel has no io_uring."""
+    recorder = AgentRecorder()
+    async with running_platform(
+        tmp_path, port=lab.media_port, agent_factory=recorder, ring_timeout_s=4, media_ring_sends=False
+    ) as p:
+        await _audio_both_ways(lab, p, recorder)
+        assert shared_clock() not in uring._BATCHES, "a ring was set up although switched off"
 
 
 async def _audio_both_ways(lab: AsteriskLab, platform: RunningPlatform, recorder: AgentRecorder) -> None:

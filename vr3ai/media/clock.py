@@ -47,7 +47,8 @@ class MediaClock:
         autostart: bool = True,
     ) -> None:
         self.tick_s = tick_ms / 1000.0
-        self._time_fn = time_fn
+        self.time: Callable[[], float] = time_fn if time_fn is not None else time.monotonic
+        """:meth:`now` without the method call, for code that runs per frame."""
         self._autostart = autostart
         self._sessions: dict[int, Paced] = {}
         self._task: asyncio.Task[None] | None = None
@@ -61,15 +62,16 @@ class MediaClock:
         self.lateness_ms: list[float] | None = None
         """Set to a list to record each tick's lateness (benchmarks)."""
         self._hooks: list[Callable[[float], None]] = []
+        self.servicing = False
+        """True while :meth:`tick` services the sessions (what they send then may be batched:
+        :mod:`vr3ai.media.uring`)."""
         self.arrival_offset_s = 0.0
         """How long ago what is being delivered now arrived, on average (sockets read by a tick hook,
         :mod:`vr3ai.media.tickread`: half a tick); 0 when the event loop delivers it as it comes."""
 
     def now(self) -> float:
         """Seconds on this clock's monotonic time base."""
-        if self._time_fn is not None:
-            return self._time_fn()
-        return time.monotonic()
+        return self.time()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -83,10 +85,13 @@ class MediaClock:
         self._sessions.pop(id(session), None)
         # The task notices the empty set on its next tick and exits; no cancel needed.
 
-    def add_hook(self, fn: Callable[[float], None]) -> None:
+    def add_hook(self, fn: Callable[[float], None], *, first: bool = False) -> None:
         """Call ``fn(now)`` on every tick after all sessions were serviced (ticks run only while
-        sessions are registered)."""
-        self._hooks.append(fn)
+        sessions are registered); ``first``: before the hooks added so far."""
+        if first:
+            self._hooks.insert(0, fn)
+        else:
+            self._hooks.append(fn)
 
     def remove_hook(self, fn: Callable[[float], None]) -> None:
         if fn in self._hooks:
@@ -98,12 +103,16 @@ class MediaClock:
             now = self.now()
         self._phase = due if due is not None else now
         self.ticks += 1
-        for session in list(self._sessions.values()):
-            try:
-                session.service(now)
-            except Exception:
-                self.service_errors += 1
-                log.exception("media session service failed")
+        self.servicing = True
+        try:
+            for session in list(self._sessions.values()):
+                try:
+                    session.service(now)
+                except Exception:
+                    self.service_errors += 1
+                    log.exception("media session service failed")
+        finally:
+            self.servicing = False
         for hook in tuple(self._hooks):
             try:
                 hook(now)

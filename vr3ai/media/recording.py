@@ -36,9 +36,9 @@ _FLUSH_BYTES = 64 * 1024
 
 
 class _Track:
-    __slots__ = ("_buf", "_file", "cursor", "tolerance")
+    __slots__ = ("_align", "_buf", "_file", "_rate", "_silence", "cursor", "tolerance")
 
-    def __init__(self, spool_bytes: int, tolerance: int) -> None:
+    def __init__(self, spool_bytes: int, tolerance: int, wire: WireFormat) -> None:
         self._file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=spool_bytes)
         # Frames collect here and reach the spool file 64 kB at a time: a SpooledTemporaryFile
         # write per 20 ms frame was 3 % of the platform's CPU at 100 calls.
@@ -46,12 +46,18 @@ class _Track:
         self.cursor = 0
         """Bytes written == position on the timeline, in wire bytes."""
         self.tolerance = tolerance
+        self._rate = wire.sample_rate * wire.bytes_per_sample
+        self._align = wire.bytes_per_sample
+        self._silence = wire.silence_byte
 
-    def place(self, pos: int, data: bytes, silence: int) -> None:
+    def place(self, t: float, data: bytes) -> None:
+        """Put ``data`` at ``t`` seconds on the timeline (within ``tolerance`` bytes of the end:
+        right after it). One call per frame on the media hot path: the position is computed here."""
+        pos = int(t * self._rate) if t > 0 else 0
+        gap = pos - pos % self._align - self.cursor
         buf = self._buf
-        gap = pos - self.cursor
         if gap > self.tolerance:
-            buf += bytes([silence]) * gap
+            buf += bytes([self._silence]) * gap
             self.cursor += gap
         buf += data
         self.cursor += len(data)
@@ -85,31 +91,26 @@ class CallRecorder:
         self.wire = wire
         self._bytes_per_s = wire.sample_rate * wire.bytes_per_sample
         align = wire.bytes_per_sample
-        self._align = align
-        self._silence = wire.silence_byte
-        self._caller = _Track(spool_bytes, _align_down(wire.bytes_for_ms(jitter_ms), align))
+        self._caller = _Track(spool_bytes, _align_down(wire.bytes_for_ms(jitter_ms), align), wire)
         # Agent frames come from our own play-out model and are contiguous by construction; a
         # tolerance of a few samples only absorbs float rounding.
-        self._agent = _Track(spool_bytes, 4 * align)
+        self._agent = _Track(spool_bytes, 4 * align, wire)
         self.closed = False
-
-    def _pos(self, t: float) -> int:
-        return _align_down(max(0, int(t * self._bytes_per_s)), self._align)
 
     def caller(self, t: float, data: bytes) -> None:
         """Caller audio (wire format) that arrived ``t`` seconds after the session started."""
         if not self.closed and data:
-            self._caller.place(self._pos(t), data, self._silence)
+            self._caller.place(t, data)
 
     def agent(self, t: float, data: bytes) -> None:
         """Agent audio (wire format) that started playing ``t`` seconds after the session started."""
         if not self.closed and data:
-            self._agent.place(self._pos(t), data, self._silence)
+            self._agent.place(t, data)
 
     def agent_quiet_until(self, t: float) -> None:
         """The agent side played silence up to ``t`` seconds after the session started."""
         if not self.closed:
-            self._agent.place(self._pos(t), b"", self._silence)
+            self._agent.place(t, b"")
 
     def duration_s(self) -> float:
         return max(self._caller.cursor, self._agent.cursor) / self._bytes_per_s

@@ -130,6 +130,9 @@ class MediaConfig:
     instead of the event loop waking for every frame (:mod:`vr3ai.media.tickread`): a fifth to a third less
     CPU per call at 100 calls, for 10 ms more latency on average; 0 never. Only sockets served by
     :mod:`vr3ai.media.direct`."""
+    ring_sends: bool = True
+    """Send what sessions send during a clock tick with one io_uring submission (Linux; elsewhere
+    frame by frame): :mod:`vr3ai.media.uring`. Only sockets served by :mod:`vr3ai.media.direct`."""
     close_grace_s: float = 1.0
     """After we close, how long the peer gets to complete the close before the session ends
     anyway (a peer that stopped reading must not keep the call and its owner waiting)."""
@@ -236,16 +239,11 @@ class _Queue(Generic[T]):
         return self._items.popleft()
 
 
-class _Sent:
-    """A frame sent to Asterisk and not yet played out (per our model)."""
-
-    __slots__ = ("end_off", "payload", "start")
-
-    def __init__(self, start: float, end_off: int, payload: bytes) -> None:
-        self.start = start
-        self.end_off = end_off
-        """Stream offset after this frame; -1 for a generated silence frame."""
-        self.payload = payload
+_Sent = tuple[float, int, bytes]
+"""A frame sent to Asterisk and not yet played out (per our model): (start, end_off, payload), where
+``start`` is when it starts playing and ``end_off`` the stream offset after it, -1 for generated
+silence. A tuple, not an object: one is made per call per 20 ms, and a class's ``__init__`` is a
+Python call."""
 
 
 @dataclass(slots=True)
@@ -444,7 +442,7 @@ class MediaSession:
             and not self._xoff
             and self._inflight_audio == 0
             and not self._pending_marks
-            and any(s.start > now + _EPS for s in self._inflight)
+            and any(s[0] > now + _EPS for s in self._inflight)
         ):
             self._fast_start(now)
         self._fill(now)
@@ -463,14 +461,14 @@ class MediaSession:
         kept: deque[_Sent] = deque()
         dropped_any = False
         for sent in self._inflight:
-            if sent.start <= now + _EPS:
+            if sent[0] <= now + _EPS:
                 kept.append(sent)
             else:
                 dropped_any = True
         final_heard = self._heard_off
-        for sent in kept:
-            if sent.end_off >= 0:
-                final_heard = max(final_heard, sent.end_off)
+        for _start, end_off, _payload in kept:
+            if end_off >= 0:
+                final_heard = max(final_heard, end_off)
         dropped_bytes = (self._end_off - final_heard) - self._hole_bytes(final_heard, self._end_off)
         for seg in self._segments.values():
             if seg.frozen_ms is None and seg.end > final_heard:
@@ -483,8 +481,8 @@ class MediaSession:
         if final_heard < self._end_off:
             self._add_hole(final_heard, self._end_off)
         self._inflight = kept
-        self._inflight_audio = sum(1 for s in kept if s.end_off >= 0)
-        self._play_end = max(now, kept[-1].start + self._frame_s) if kept else now
+        self._inflight_audio = sum(1 for s in kept if s[1] >= 0)
+        self._play_end = max(now, kept[-1][0] + self._frame_s) if kept else now
         self._buf = bytearray()
         self._rd = 0
         self._sent_off = self._end_off
@@ -572,20 +570,16 @@ class MediaSession:
         self._clock.add(self)
         self._fill(self._clock.now())
         receive = self._transport.receive
-        clock_now = self._clock.now
         # A transport that can push (vr3ai.media.direct) calls us from its data_received: no task
         # wake-up per 20 ms frame. The others are read in a loop.
         attach = getattr(self._transport, "attach", None)
         error: BaseException | None = None
         try:
             if attach is not None:
-                await attach(self._on_message, self._clock, self.config.tick_reads_from)
+                await attach(self._on_message, self._clock, self.config.tick_reads_from, self.config.ring_sends)
             else:
                 while (msg := await receive()) is not None:
-                    if isinstance(msg, str):
-                        self._on_text(msg, clock_now())
-                    else:
-                        self._on_audio(msg, clock_now())
+                    self._on_message(msg)
         except asyncio.CancelledError as exc:
             task = self._reader_task
             if not (self._stop_requested and task is not None and task.uncancel() == 0):
@@ -606,14 +600,14 @@ class MediaSession:
         return self.closed.result()
 
     def _on_message(self, msg: str | bytes) -> None:
+        """Every message from Asterisk. Caller audio, one message per call every 20 ms, is handled
+        here without further calls but the recorder's and the agent's."""
         clock = self._clock
-        now = clock.now() - clock.arrival_offset_s
+        now = clock.time() - clock.arrival_offset_s
         if isinstance(msg, str):
             self._on_text(msg, now)
-        else:
-            self._on_audio(msg, now)
-
-    def _on_audio(self, data: bytes, now: float) -> None:
+            return
+        data = msg
         stats = self.stats
         stats.frames_in += 1
         stats.bytes_in += len(data)
@@ -778,7 +772,7 @@ class MediaSession:
             start = now + self._clock.align(now, self._frame_s)
         self._play_end = start + self._frame_s
         self._batch.append(payload)
-        self._inflight.append(_Sent(start, end_off, payload))
+        self._inflight.append((start, end_off, payload))
         self._frames_sent_total += 1
         stats = self.stats
         stats.frames_out += 1
@@ -798,17 +792,17 @@ class MediaSession:
         frame_s = self._frame_s
         recorder = self._recorder
         limit = now + _EPS
-        while inflight and inflight[0].start + frame_s <= limit:
-            sent = inflight.popleft()
-            if sent.end_off >= 0:
+        while inflight and inflight[0][0] + frame_s <= limit:
+            start, end_off, payload = inflight.popleft()
+            if end_off >= 0:
                 self._inflight_audio -= 1
-                if sent.end_off > self._heard_off:
-                    self._heard_off = sent.end_off
+                if end_off > self._heard_off:
+                    self._heard_off = end_off
                 if recorder is not None:
-                    recorder.agent(sent.start - self._t0, sent.payload)
+                    recorder.agent(start - self._t0, payload)
             else:
                 # Generated silence is not handed to the recorder (it fills gaps with silence).
-                self._quiet_until = sent.start + frame_s
+                self._quiet_until = start + frame_s
         holes = self._holes
         while holes and holes[0][1] <= self._heard_off:
             holes.popleft()
@@ -817,17 +811,17 @@ class MediaSession:
         self._retire(now)
         pos = self._heard_off
         if self._inflight:
-            head = self._inflight[0]
-            if head.end_off >= 0 and head.start <= now:
-                partial = int((now - head.start) / self._frame_s * self._fb)
-                pos = max(pos, head.end_off - self._fb + partial)
+            start, end_off, _payload = self._inflight[0]
+            if end_off >= 0 and start <= now:
+                partial = int((now - start) / self._frame_s * self._fb)
+                pos = max(pos, end_off - self._fb + partial)
         return pos
 
     def _fast_start(self, now: float) -> None:
         self._send_command(FlushMedia())
-        kept = deque(s for s in self._inflight if s.start <= now + _EPS)
+        kept = deque(s for s in self._inflight if s[0] <= now + _EPS)
         self._inflight = kept
-        self._play_end = max(now, kept[-1].start + self._frame_s) if kept else now
+        self._play_end = max(now, kept[-1][0] + self._frame_s) if kept else now
         self._flush_gen += 1
         self.stats.fast_starts += 1
 
@@ -837,8 +831,7 @@ class MediaSession:
         # Whole frames: the measurement is only good to about a frame, and keeping the grid phase
         # keeps the per-tick sends steady.
         delta_s = round(delta_s / self._frame_s) * self._frame_s
-        for sent in self._inflight:
-            sent.start += delta_s
+        self._inflight = deque((start + delta_s, end_off, payload) for start, end_off, payload in self._inflight)
         self._play_end += delta_s
         self.stats.resyncs += 1
         log.debug("re-anchored play-out model by %.1f ms", delta_s * 1000.0, extra=self._log_extra)

@@ -31,6 +31,7 @@ import logging
 import os
 import select
 import weakref
+from collections.abc import Callable
 from typing import Protocol
 
 from vr3ai.media.clock import MediaClock
@@ -53,8 +54,8 @@ class TickReadable(Protocol):
 
     def resume_loop_reading(self) -> None: ...
 
-    def tick_data(self, data: bytes) -> None:
-        """Bytes read by the tick, to be handled as the loop's ``data_received`` would."""
+    def tick_sink(self) -> Callable[[bytes], None]:
+        """Where bytes read by the tick go: handled as the loop's ``data_received`` would."""
         ...
 
 
@@ -66,8 +67,8 @@ class TickReader:
         self.threshold = 0
         self._members: dict[int, TickReadable] = {}
         """Enrolled sockets by id(); read by the tick only while :attr:`active`."""
-        self._fds: dict[int, TickReadable] = {}
-        """Sockets in our epoll, by fd."""
+        self._fds: dict[int, tuple[TickReadable, Callable[[bytes], None]]] = {}
+        """Sockets in our epoll and their :meth:`~TickReadable.tick_sink`, by fd."""
         self._fd_of: dict[int, int] = {}
         """id() of a socket in our epoll -> its fd."""
         self._ep: select.epoll | None = None
@@ -126,10 +127,11 @@ class TickReader:
         assert ep is not None
         clock = self._clock
         clock.arrival_offset_s = clock.tick_s / 2
+        fds = self._fds
         try:
             for fd, _events in ep.poll(0):
-                sock = self._fds.get(fd)
-                if sock is None:
+                member = fds.get(fd)
+                if member is None:
                     continue
                 try:
                     data = os.read(fd, _READ_SIZE)
@@ -139,11 +141,11 @@ class TickReader:
                     data = b""
                 if not data:
                     # EOF or an error: the loop reads it again and runs its close path.
-                    self._stop(sock)
+                    self._stop(member[0])
                     continue
                 self.reads += 1
                 try:
-                    sock.tick_data(data)
+                    member[1](data)
                 except Exception:
                     log.exception("media socket failed on data read by the clock")
                 # A full read may have left more: epoll reports the socket again on the next tick.
@@ -162,7 +164,7 @@ class TickReader:
             for sock in list(self._members.values()):
                 self._start(sock)
         else:
-            for sock in list(self._fds.values()):
+            for sock, _sink in list(self._fds.values()):
                 self._stop(sock)
             if self._ep is not None:
                 self._ep.close()
@@ -182,7 +184,7 @@ class TickReader:
         except OSError:
             return  # closed meanwhile: the loop keeps it
         # A stale entry for a reused fd number belonged to a socket that is already closed.
-        self._fds[fd] = sock
+        self._fds[fd] = (sock, sock.tick_sink())
         self._fd_of[id(sock)] = fd
         sock.pause_loop_reading()
 
@@ -190,7 +192,8 @@ class TickReader:
         fd = self._fd_of.pop(id(sock), None)
         if fd is None:
             return
-        if self._fds.get(fd) is sock:
+        member = self._fds.get(fd)
+        if member is not None and member[0] is sock:
             del self._fds[fd]
             if self._ep is not None:
                 try:

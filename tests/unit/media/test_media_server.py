@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import importlib.util
 import logging
+import socket
 import time
 import warnings
 from collections.abc import AsyncIterator
@@ -36,6 +37,7 @@ from vr3ai.media.server import (
 )
 from vr3ai.media.session import MediaConfig, MediaFormatError, MediaSession
 from vr3ai.media.tickread import TickReader
+from vr3ai.media.uring import SendBatch, SendRing
 
 USER, PASSWORD = "vr3ai-media", "media-secret"
 AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
@@ -428,10 +430,18 @@ def _masked_text(text: str) -> bytes:
 
 
 async def raw_upgrade(
-    port: int, seed: bytes, subprotocol: bool = True
+    port: int, seed: bytes, subprotocol: bool = True, rcvbuf: int = 0
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A bare TCP connection upgraded to the media WebSocket, as Asterisk does it."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    """A bare TCP connection upgraded to the media WebSocket, as Asterisk does it; ``rcvbuf``:
+    a small receive buffer, set before connecting (so the window is small from the start)."""
+    if rcvbuf:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+    else:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
     key = base64.b64encode(seed).decode()
     proto = "Sec-WebSocket-Protocol: media\r\n" if subprotocol else ""
     writer.write(
@@ -667,3 +677,98 @@ async def test_tick_reads_start_at_the_threshold_and_stop_below_half() -> None:
         await asyncio.wait_for(listening, 2)
         for _r, w in conns:
             w.transport.abort()
+
+
+# ------------------------------------------------------------------------------------------------ ring sends
+
+
+def _server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The (opcode, payload) of each complete unmasked frame in ``data``, as Asterisk parses them."""
+    out: list[tuple[int, bytes]] = []
+    pos = 0
+    while len(data) - pos >= 2:
+        n, head = data[pos + 1] & 0x7F, pos + 2
+        if n == 126:
+            n, head = int.from_bytes(data[head : head + 2], "big"), head + 2
+        elif n == 127:
+            n, head = int.from_bytes(data[head : head + 8], "big"), head + 8
+        if len(data) - head < n:
+            break
+        out.append((data[pos] & 0x0F, data[head : head + n]))
+        pos = head + n
+    return out
+
+
+@pytest.mark.skipif(SendRing.create(2) is None, reason="io_uring not available here")
+async def test_ring_sends_keep_audio_and_marks_whole_and_in_order_through_a_full_socket() -> None:
+    """The clock's frames leave in one io_uring submission per tick. When Asterisk stops reading
+    and the socket fills up, what a send did not take is buffered by the loop's transport, later
+    frames queue behind it, and once Asterisk reads again the stream is whole and in order:
+    every byte of agent audio once, the mark right after the audio's last frame."""
+    registry = MediaRegistry(MediaConfig(status_interval_s=0, tick_reads_from=0, ring_sends=True))
+    async with serve(registry) as url:
+        port = int(url.split(":")[2].split("/")[0])
+        fut = registry.expect("ring")
+        reader, writer = await raw_upgrade(port, b"ring-sends-test!", rcvbuf=2048)
+        writer.write(_masked(0x1, media_start_text("ring").encode()))
+        session = await asyncio.wait_for(fut, 5)
+        batch = SendBatch.for_clock(shared_clock())
+        assert batch is not None
+        tr = session._transport
+        assert isinstance(tr, DirectTransport) and tr.ring_fd >= 0
+        tr._tcp.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        writer.transport.pause_reading()  # Asterisk stops reading
+        sends0, short0 = batch.ring_sends, batch.short_sends
+        # 4 s of a pattern whose u-law bytes are never silence (0xff), then a mark.
+        pcm = (np.arange(32000) % 200 * 40 + 1000).astype("<i2").tobytes()
+        session.play(pcm, mark="end")
+        await _wait_for(lambda: batch.short_sends > short0 and tr._tcp.get_write_buffer_size() > 0, 10)
+        # While the transport still holds bytes, what a tick sends queues behind them: through the
+        # ring it could overtake them the moment the socket has room again.
+        clock, held = shared_clock(), tr._tcp.get_write_buffer_size()
+        clock.servicing = True
+        try:
+            tr.send_bytes(b"\xff" * 160)  # as a session's service() would (silence: not in the check)
+        finally:
+            clock.servicing = False
+        assert tr.ring_slot == -1 and tr._tcp.get_write_buffer_size() > held
+        writer.transport.resume_reading()
+        data = await reader.read(65536)
+        while not any(op == 1 and p.startswith(b"MARK_MEDIA") for op, p in _server_frames(data)):
+            chunk = await asyncio.wait_for(reader.read(65536), 8)
+            assert chunk
+            data += chunk
+        # One item per 20 ms frame (a message may carry several) or text message, in wire order.
+        items: list[bytes | str] = []
+        for op, p in _server_frames(data):
+            if op == 2:
+                assert p and len(p) % 160 == 0
+                items += [p[k : k + 160] for k in range(0, len(p), 160)]
+            else:
+                items.append(p.decode())
+        audio = [i for i, x in enumerate(items) if isinstance(x, bytes) and x != b"\xff" * 160]
+        played = b"".join(items[i] for i in audio)  # type: ignore[misc]
+        assert played == pcm16_to_ulaw(pcm)  # 4 s = 200 whole frames: nothing lost, doubled or reordered
+        mark = next(i for i, x in enumerate(items) if isinstance(x, str) and x.startswith("MARK_MEDIA"))
+        assert mark == audio[-1] + 1
+        assert batch.ring_sends > sends0 + 50
+        await session.hangup("done")
+        await asyncio.wait_for(session.closed, 3)
+        writer.transport.abort()
+
+
+async def test_without_io_uring_frames_are_written_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the kernel refuses rings the same call works through the transport's writes."""
+    monkeypatch.setattr(SendRing, "create", classmethod(lambda cls, entries=256: None))
+    monkeypatch.setattr("vr3ai.media.uring._BATCHES", __import__("weakref").WeakKeyDictionary())
+    monkeypatch.setattr("vr3ai.media.uring._NO_RING", __import__("weakref").WeakSet())
+    registry = MediaRegistry(MediaConfig(status_interval_s=0, ring_sends=True))
+    async with serve(registry) as url, asterisk(url, auth=None) as ws:
+        fut = registry.expect("noring")
+        await ws.send(media_start_text("noring"))
+        session = await asyncio.wait_for(fut, 3)
+        assert SendBatch.for_clock(shared_clock()) is None
+        session.play(b"\x10\x00" * 1600, mark="m")
+        got = await recv_until(ws, lambda m: isinstance(m, str) and m.startswith("MARK_MEDIA"))
+        frames = [m[k : k + 160] for m in got if isinstance(m, bytes) for k in range(0, len(m), 160)]
+        assert b"".join(f for f in frames if f != b"\xff" * 160) == pcm16_to_ulaw(b"\x10\x00" * 1600)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -34,7 +34,10 @@ class Sock:
     def resume_loop_reading(self) -> None:
         self.loop_reading = True
 
-    def tick_data(self, data: bytes) -> None:
+    def tick_sink(self) -> Callable[[bytes], None]:
+        return self.on_data
+
+    def on_data(self, data: bytes) -> None:
         self.got.append((data, self.clock.arrival_offset_s))
 
     def close(self) -> None:
