@@ -125,6 +125,10 @@ class StepResult:
     threads_ms: dict[str, float] = field(default_factory=dict)
     stages: dict[str, list[float]] = field(default_factory=dict)
     load: str = ""
+    tick_cpu_ms: dict[str, float] = field(default_factory=dict)
+    """CPU of the platform's loop thread inside the media clock's ticks ("tick"), and of it in the
+    io_uring send ("ring_flush") and in the tick reads with the session and agent work on each
+    frame read ("tick_reads")."""
     ab: list[dict[str, Any]] = field(default_factory=list)
     """``--ab``: one entry per window of the last step, the knob on or off."""
 
@@ -337,6 +341,7 @@ async def run_step(
 
     th = inside.get("threads_ms", {})
     res.threads_ms = th
+    res.tick_cpu_ms = dict(inside.get("tick_cpu_ms", {}))
     res.cpu_platform_ms = used["platform"]
     res.cpu_platform_sys_ms = probe.sys_ms.get("platform", 0.0)
     res.cpu_asterisk_ms = used.get("asterisk", 0.0)
@@ -513,6 +518,16 @@ def print_tables(results: list[StepResult], agent: str, idle: dict[str, Any]) ->
         busy = sorted(((k, v / top.seconds) for k, v in top.threads_ms.items()), key=lambda kv: -kv[1])
         th = ", ".join(f"{k} {v:.0f}" for k, v in busy if v >= 1.0) or "-"
         print(f"  platform threads at {top.label} calls (CPU ms/s, >= 1): {th}")
+        tc = top.tick_cpu_ms
+        if tc.get("tick"):
+            rest = tc["tick"] - tc.get("ring_flush", 0.0) - tc.get("tick_reads", 0.0)
+            print(
+                f"  where the platform's CPU went at {top.label} calls (ms per call-second): all "
+                f"{top.per_call_s(top.cpu_platform_ms):.2f}; inside the media clock's ticks "
+                f"{top.per_call_s(tc['tick']):.2f} = sessions' service {top.per_call_s(rest):.2f} + "
+                f"io_uring send {top.per_call_s(tc.get('ring_flush', 0.0)):.2f} + tick reads with the "
+                f"work on each frame read {top.per_call_s(tc.get('tick_reads', 0.0)):.2f}"
+            )
 
 
 def print_targets(results: list[StepResult], idle: dict[str, Any]) -> None:

@@ -110,6 +110,7 @@ class Meter:
         self.gc_pauses: list[tuple[int, float]] = []
         self._mark: dict[str, Any] = {}
         self.clock = None
+        self.tick_cpu_s = {"tick": 0.0, "ring_flush": 0.0, "tick_reads": 0.0}
 
     def patch_vad(self) -> None:
         """Time Silero inference, which runs on the event loop thread, so "plumbing" can exclude it."""
@@ -168,6 +169,40 @@ class Meter:
         MediaSession._on_mark_processed = on_mark  # type: ignore[method-assign]
         MediaSession._on_status = on_status  # type: ignore[method-assign]
 
+    def patch_clock_cpu(self) -> None:
+        """CPU of the loop thread inside the media clock's ticks (sends, tick reads and everything
+        they call) and inside its hooks, so the rest of the platform's CPU can be told apart."""
+        from vr3ai.media.clock import MediaClock
+        from vr3ai.media.tickread import TickReader
+        from vr3ai.media.uring import SendBatch
+
+        meter = self
+        orig = MediaClock.tick
+
+        def tick(self: Any, now: float | None = None, *, due: float | None = None) -> None:
+            t = time.thread_time()
+            try:
+                orig(self, now, due=due)
+            finally:
+                meter.tick_cpu_s["tick"] += time.thread_time() - t
+
+        MediaClock.tick = tick  # type: ignore[method-assign]
+
+        def timed(cls: Any, name: str, key: str) -> None:
+            fn = getattr(cls, name)
+
+            def wrapper(self: Any, *a: Any) -> Any:
+                t = time.thread_time()
+                try:
+                    return fn(self, *a)
+                finally:
+                    meter.tick_cpu_s[key] += time.thread_time() - t
+
+            setattr(cls, name, wrapper)
+
+        timed(SendBatch, "flush", "ring_flush")  # the tick's sends: one io_uring_enter
+        timed(TickReader, "_poll", "tick_reads")  # reads, and the session/agent work per frame
+
     def watch_gc(self) -> None:
         """Pause of every garbage collection, by generation: a full (gen 2) collection walks every
         tracked object of the process and stops the event loop meanwhile."""
@@ -217,6 +252,7 @@ class Meter:
             "threads": thread_cpu_ms(),
             "cpu": process_cpu_ms(),
             "vad_s": self.vad_infer_s,
+            "tick_cpu_s": dict(self.tick_cpu_s),
             "vad_n": self.vad_infer_n,
             "clock_ticks": clock.ticks,
             "clock_late": clock.late_ticks,
@@ -306,6 +342,7 @@ class Meter:
             "cpu_ms": round(process_cpu_ms() - m["cpu"], 1),
             "threads_ms": d_threads,
             "vad_infer_ms": round((self.vad_infer_s - m["vad_s"]) * 1000, 1),
+            "tick_cpu_ms": {k: round((v - m["tick_cpu_s"][k]) * 1000, 1) for k, v in self.tick_cpu_s.items()},
             "vad_infer_n": self.vad_infer_n - m["vad_n"],
             "clock": {
                 "ticks": clock.ticks - m["clock_ticks"],
@@ -442,6 +479,7 @@ async def main() -> None:
         meter.patch_resync(apply=not args.no_resync)
         meter.patch_db_timing()
         meter.watch_gc()
+        meter.patch_clock_cpu()
         if args.agent == "voice":
             meter.patch_vad()
         if runtime is not None:
