@@ -197,6 +197,7 @@ async def ab_windows(
         clock = await plat.command("clock")
         plat_ms = used["platform"]
         holes = underruns = 0
+        v2v = [(b - a) * 1000 for c in callers for a, b in c.turns if t0 <= a <= t1]
         for c in callers:
             h = analyse_stream(
                 np.frombuffer(c.rx_t, dtype=np.float64), np.frombuffer(bytes(c.rx_loud), dtype=np.uint8), t0, t1
@@ -209,6 +210,7 @@ async def ab_windows(
                 "holes_in_speech": holes,
                 "underrun_calls": underruns,
                 "clock_p99_ms": clock.get("p99_ms") or 0.0,
+                "v2v_p50_ms": pct(v2v, 50) if v2v else float("nan"),
                 "platform": plat_ms / dt / n,
                 "sys_pct": 100 * probe.sys_ms.get("platform", 0.0) / max(1e-9, plat_ms),
                 "asterisk": used.get("asterisk", 0.0) / dt / n,
@@ -225,13 +227,13 @@ def print_ab(r: StepResult, knob: str) -> None:
     print(f"\n== A/B of '{knob}' at {r.calls} calls, inside one platform process ({len(r.ab)} windows) ==")
     print(
         f"{'window':>6} {'knob':>4} {'platform':>9} {'sys%':>5} {'asterisk':>9} {'preempt/s':>10} "
-        f"{'clock p99':>9} {'holes in speech':>15} {'underrun calls':>14}"
+        f"{'clock p99':>9} {'holes in speech':>15} {'underrun calls':>14} {'v2v p50':>8}"
     )
     for i, w in enumerate(r.ab):
         print(
             f"{i + 1:>6} {'on' if w['on'] else 'off':>4} {w['platform']:>9.2f} {w['sys_pct']:>5.0f} "
             f"{w['asterisk']:>9.2f} {w['preempt_per_s']:>10.0f} {w['clock_p99_ms']:>9.1f} "
-            f"{w['holes_in_speech']:>15} {w['underrun_calls']:>14}"
+            f"{w['holes_in_speech']:>15} {w['underrun_calls']:>14} {w['v2v_p50_ms']:>8.0f}"
         )
     on = [w for w in r.ab if w["on"]]
     off = [w for w in r.ab if not w["on"]]
@@ -242,6 +244,7 @@ def print_ab(r: StepResult, knob: str) -> None:
         "clock_p99_ms": "clock p99 ms late",
         "holes_in_speech": "holes in speech per window",
         "underrun_calls": "calls with an audible underrun per window",
+        "v2v_p50_ms": "voice-to-voice p50 ms",
     }
     for key, name in names.items():
         a = float(np.mean([w[key] for w in on]))
@@ -635,9 +638,10 @@ async def main() -> None:
     )
     ap.add_argument(
         "--ab",
-        choices=["ring"],
+        choices=["ring", "pairs"],
         help="A/B inside the last step: switch this mechanism on and off in the running platform "
-        "(ring: io_uring batched sends, vr3ai.media.uring) and report CPU per window",
+        "(ring: io_uring batched sends, vr3ai.media.uring; pairs: two frames every other tick, "
+        "MediaConfig.paired_sends_from) and report CPU and quality per window",
     )
     ap.add_argument("--ab-windows", type=int, default=4, help="windows per state for --ab")
     ap.add_argument("--ab-seconds", type=float, default=8.0, help="seconds per --ab window")

@@ -359,7 +359,13 @@ class Meter:
         }
 
 
-def _ab_switch(knob: str, on: bool) -> dict[str, Any]:
+def _ab_switch(knob: str, on: bool, meter: Meter) -> dict[str, Any]:
+    if knob == "pairs":
+        # Sessions up now; the setting they were made with is the "on" state.
+        sessions = list(meter._sessions().values())
+        for s in sessions:
+            s._pairs_from = s.config.paired_sends_from if on else 0
+        return {"knob": knob, "on": on, "switched": len(sessions)}
     if knob == "ring":
         from vr3ai.media import uring
 
@@ -536,7 +542,7 @@ async def main() -> None:
             elif line.startswith("ab "):
                 # A/B inside one step (capacity.py --ab): switch a mechanism on or off at run time.
                 knob, _, state = line[3:].partition(" ")
-                out = {"event": "ab", **_ab_switch(knob, state == "on")}
+                out = {"event": "ab", **_ab_switch(knob, state == "on", meter)}
             elif line == "status":
                 out = {"event": "status", **(await p.get(f"/api/v1/telephony-configurations/{cfg_id}/status"))}
             else:

@@ -766,3 +766,43 @@ async def test_recording_agent_track_runs_to_the_last_silence_played(tmp_path: P
     assert loud.size and loud[-1] / 8000 < 0.45
     assert right[int(0.5 * 8000) :].max() == 0
     assert data[:, 0].max() == 0  # the caller said nothing
+
+
+async def test_paired_sends_halve_the_messages_keep_the_lowest_lead_and_real_time() -> None:
+    """From ``paired_sends_from`` sessions on the clock, the queue is refilled two frames at a time
+    every other tick: half the messages, never less lead at a tick than one frame at a time
+    (target less a frame), real-time rate, and speech still starts at once (fast start)."""
+    cfg = MediaConfig(status_interval_s=0, target_lead_ms=60, paired_sends_from=1)
+    rig = Rig(cfg)
+    await rig.start()
+    leads = []
+    for _ in range(100):
+        rig.tick()
+        leads.append(rig.lead_ms())
+    assert min(leads) >= 40 - 1e-6 and max(leads) <= 80 + 1e-6
+    messages = rig.transport.messages()
+    steady = messages[1:]  # the first message is the initial lead
+    assert all(len(m.data) == 320 for m in steady), [len(m.data) for m in steady]
+    assert len({round(m.at, 6) for m in steady}) == len(steady)  # one message per refill tick
+    assert 48 <= len(steady) <= 51  # 100 ticks: one message every other tick
+    frames = rig.transport.frames()
+    assert 2000 <= (len(frames) - 3) * 20 <= 2060  # real time, nothing skipped or doubled
+    assert rig.session.stats.skipped_ms == 0
+    # Speech starts at once, the whole lead in one message.
+    n = len(rig.transport.sent)
+    rig.session.play(tone(1000))
+    new = rig.transport.sent[n:]
+    assert new[0].data == "FLUSH_MEDIA"
+    assert isinstance(new[1].data, bytes) and new[1].data[:160] != SILENCE and new[1].at == new[0].at
+    for _ in range(60):
+        rig.tick()
+        assert 40 - 1e-6 <= rig.lead_ms() <= 80 + 1e-6
+    audio = [f.data for f in rig.transport.frames() if f.data != SILENCE]
+    assert b"".join(audio)[: len(pcm16_to_ulaw(tone(1000)))] == pcm16_to_ulaw(tone(1000))
+
+
+async def test_paired_sends_only_from_the_threshold() -> None:
+    rig = Rig(MediaConfig(status_interval_s=0, paired_sends_from=2))  # one session on this clock
+    await rig.start()
+    rig.advance(400)
+    assert all(len(m.data) == 160 for m in rig.transport.messages()[1:])
