@@ -86,7 +86,11 @@ def create_app(
     settings = settings or Settings.from_env()
     svc = services or Services.build(settings)
     svc.media = svc.media or MediaRegistry(
-        MediaConfig(tick_reads_from=max(0, settings.media_tick_reads_from), ring_sends=settings.media_ring_sends)
+        MediaConfig(
+            tick_reads_from=max(0, settings.media_tick_reads_from),
+            paired_sends_from=max(0, settings.media_paired_sends_from),
+            ring_sends=settings.media_ring_sends,
+        )
     )
 
     @asynccontextmanager
