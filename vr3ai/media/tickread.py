@@ -63,7 +63,8 @@ class TickReader:
     """The tick-driven reader of one clock (see module doc). Use :meth:`for_clock`."""
 
     def __init__(self, clock: MediaClock) -> None:
-        self._clock = clock
+        # Weak: the clock owns its reader (_READERS is keyed by the clock), not the other way round.
+        self._clock = weakref.ref(clock)
         self.threshold = 0
         self._members: dict[int, TickReadable] = {}
         """Enrolled sockets by id(); read by the tick only while :attr:`active`."""
@@ -96,8 +97,9 @@ class TickReader:
             return
         self.threshold = threshold
         self._members[id(sock)] = sock
-        if not self._hooked:
-            self._clock.add_hook(self._after_tick)
+        clock = self._clock()
+        if not self._hooked and clock is not None:
+            clock.add_hook(self._after_tick)
             self._hooked = True
         if self.active:
             self._start(sock)
@@ -108,7 +110,9 @@ class TickReader:
             return
         self._stop(sock)
         if not self._members and self._hooked:
-            self._clock.remove_hook(self._after_tick)
+            clock = self._clock()
+            if clock is not None:
+                clock.remove_hook(self._after_tick)
             self._hooked = False
             self._set_active(False)
 
@@ -124,8 +128,8 @@ class TickReader:
 
     def _poll(self) -> None:
         ep = self._ep
-        assert ep is not None
-        clock = self._clock
+        clock = self._clock()
+        assert ep is not None and clock is not None  # the clock's own tick calls this
         clock.arrival_offset_s = clock.tick_s / 2
         fds = self._fds
         try:

@@ -85,6 +85,8 @@ class SendRing:
         ) = offs
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._enter_nr = _SYS_ENTER[platform.machine()]
+        # The fd and mappings are released with the ring, also when it is only garbage collected.
+        self._release = weakref.finalize(self, _release, fd, [sq, cq, sqes])
         self._tail = _U32.unpack_from(sq, self._sq_tail_off)[0]
         self.submits = 0
         self.sends = 0
@@ -197,9 +199,14 @@ class SendRing:
         return count
 
     def close(self) -> None:
-        for m in {id(self._sq): self._sq, id(self._cq): self._cq, id(self._sqes): self._sqes}.values():
+        self._release()
+
+
+def _release(fd: int, maps: list[mmap.mmap]) -> None:
+    for m in maps:
+        if not m.closed:
             m.close()
-        os.close(self._fd)
+    os.close(fd)
 
 
 class RingWritable(Protocol):
@@ -225,7 +232,8 @@ class SendBatch:
     (the caller checks), so the batch's bytes go out in order behind everything written before."""
 
     def __init__(self, clock: MediaClock, ring: SendRing) -> None:
-        self._clock = clock
+        # Weak: the clock owns its batch (_BATCHES is keyed by the clock), not the other way round.
+        self._clock = weakref.ref(clock)
         self._ring = ring
         self._socks: list[RingWritable] = []
         self._datas: list[bytes] = []
@@ -290,9 +298,11 @@ class SendBatch:
 
     def close(self) -> None:
         self.flush()
-        self._clock.remove_hook(self.flush)
+        clock = self._clock()
+        if clock is not None:
+            clock.remove_hook(self.flush)
+            _BATCHES.pop(clock, None)
         self._ring.close()
-        _BATCHES.pop(self._clock, None)
 
 
 _BATCHES: weakref.WeakKeyDictionary[MediaClock, SendBatch] = weakref.WeakKeyDictionary()

@@ -186,3 +186,23 @@ def test_what_a_full_socket_did_not_take_goes_to_the_transport_in_order() -> Non
         batch.close()
         ours.close()
         peer.close()
+
+
+def test_a_clock_that_is_gone_takes_its_ring_and_reader_with_it() -> None:
+    """Every event loop has its own clock (tests make hundreds): its ring, tick reader and their
+    file descriptors must not outlive it."""
+    import gc
+
+    from vr3ai.media import tickread, uring
+    from vr3ai.media.tickread import TickReader
+
+    gc.collect()  # what earlier tests left for the collector
+    open_fds = len(os.listdir("/proc/self/fd"))
+    batches, readers = len(uring._BATCHES), len(tickread._READERS)
+    for _ in range(5):
+        clock = MediaClock(time_fn=lambda: 0.0, autostart=False)
+        assert SendBatch.for_clock(clock) is not None and TickReader.for_clock(clock) is not None
+        del clock
+    gc.collect()
+    assert len(uring._BATCHES) == batches and len(tickread._READERS) == readers
+    assert len(os.listdir("/proc/self/fd")) == open_fds
