@@ -27,6 +27,12 @@ Reading: by the event loop (``data_received``), or, once the process carries
 (:mod:`vr3ai.media.tickread`: the transport is its ``TickReadable``). Either way the bytes reach
 the same ``data_received``.
 
+Writing: what sessions send while the media clock services them is collected and sent with one
+io_uring submission per tick (:mod:`vr3ai.media.uring`, ``MediaConfig.ring_sends``: the
+transport is its ``RingWritable``); anything else, and everything where io_uring is not
+available, is written to the TCP transport at once. A socket whose transport still buffers bytes
+is written through the transport, so nothing overtakes them.
+
 Back-pressure: a peer that stops reading makes the TCP write buffer grow; past ``_MAX_BUFFERED``
 (about 15 s of u-law audio) further audio is dropped and counted, control messages still go.
 """
@@ -207,6 +213,10 @@ class DirectTransport:
     def write_direct(self, data: bytes) -> None:
         if not self._tcp.is_closing():
             self._tcp.write(data)
+
+    def ring_lost(self) -> None:
+        log.error("media socket aborted: a send of its frames never completed")
+        self._tcp.abort()  # the session ends as a lost connection (1006) and the call with it
 
     def _write(self, data: bytes) -> None:
         batch = self._batch

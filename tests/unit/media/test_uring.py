@@ -122,6 +122,9 @@ class Sock:
     def write_direct(self, data: bytes) -> None:
         self.direct.append(data)
 
+    def ring_lost(self) -> None:
+        raise AssertionError("no send of these tests stays in flight")
+
 
 def test_batch_sends_everything_collected_in_one_submission(pairs: list) -> None:
     clock = MediaClock(time_fn=lambda: 0.0, autostart=False)
@@ -206,3 +209,33 @@ def test_a_clock_that_is_gone_takes_its_ring_and_reader_with_it() -> None:
     gc.collect()
     assert len(uring._BATCHES) == batches and len(tickread._READERS) == readers
     assert len(os.listdir("/proc/self/fd")) == open_fds
+
+
+class _StuckRing:
+    """A ring whose first send never completes (what a kernel must not do with MSG_DONTWAIT)."""
+
+    entries = 8
+
+    def send_all(self, fds: list[int], datas: list[bytes]) -> list[int]:
+        return [-errno.EINPROGRESS] + [len(d) for d in datas[1:]]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_send_that_never_completes_ends_its_call_and_retires_the_ring(pairs: list) -> None:
+    class Lost(Sock):
+        lost = False
+
+        def ring_lost(self) -> None:
+            self.lost = True
+
+    clock = MediaClock(time_fn=lambda: 0.0, autostart=False)
+    batch = SendBatch(clock, _StuckRing())  # type: ignore[arg-type]
+    a, b = Lost(pairs[0][0]), Lost(pairs[1][0])
+    batch.add(a, b"first")
+    batch.add(b, b"second")
+    batch.flush()
+    assert a.lost and not b.lost and not a.direct and not b.direct
+    assert not batch.enabled  # sockets write frame by frame from now on
+    assert batch._stuck == [[b"first", b"second"]]  # the kernel may still read these
