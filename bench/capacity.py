@@ -638,10 +638,11 @@ async def main() -> None:
     )
     ap.add_argument(
         "--ab",
-        choices=["ring", "pairs"],
+        choices=["ring", "pairs", "tickreads"],
         help="A/B inside the last step: switch this mechanism on and off in the running platform "
         "(ring: io_uring batched sends, vr3ai.media.uring; pairs: two frames every other tick, "
-        "MediaConfig.paired_sends_from) and report CPU and quality per window",
+        "MediaConfig.paired_sends_from; tickreads: sockets read by the clock's tick, vr3ai.media.tickread) "
+        "and report CPU and quality per window",
     )
     ap.add_argument("--ab-windows", type=int, default=4, help="windows per state for --ab")
     ap.add_argument("--ab-seconds", type=float, default=8.0, help="seconds per --ab window")

@@ -110,6 +110,7 @@ class Meter:
         self.gc_pauses: list[tuple[int, float]] = []
         self._mark: dict[str, Any] = {}
         self.clock = None
+        self.tick_reads_from = 16
         self.tick_cpu_s = {"tick": 0.0, "ring_flush": 0.0, "tick_reads": 0.0}
 
     def patch_vad(self) -> None:
@@ -366,6 +367,15 @@ def _ab_switch(knob: str, on: bool, meter: Meter) -> dict[str, Any]:
         for s in sessions:
             s._pairs_from = s.config.paired_sends_from if on else 0
         return {"knob": knob, "on": on, "switched": len(sessions)}
+    if knob == "tickreads":
+        from vr3ai.media import tickread
+
+        readers = list(tickread._READERS.values())
+        for r in readers:
+            # Off: a threshold no call count reaches (the reader hands every socket back to the
+            # loop on its next tick); on: the configured one.
+            r.threshold = meter.tick_reads_from if on else 1 << 30
+        return {"knob": knob, "on": on, "switched": len(readers)}
     if knob == "ring":
         from vr3ai.media import uring
 
@@ -482,6 +492,7 @@ async def main() -> None:
         **({} if args.tick_reads_from is None else {"media_tick_reads_from": args.tick_reads_from}),
     ) as p:
         meter = Meter(p.services.media, warn)
+        meter.tick_reads_from = p.services.media.config.tick_reads_from
         meter.patch_resync(apply=not args.no_resync)
         meter.patch_db_timing()
         meter.watch_gc()
