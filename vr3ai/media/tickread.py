@@ -17,9 +17,10 @@ are never handled here: the socket is handed back to the loop, which reads the s
 and runs its usual close path.
 
 The price is latency: a frame waits for the next tick, 10 ms on average (at most one tick), which
-is why it only starts where CPU becomes the limit. Arrival times are then known only to within a
-tick; :attr:`MediaClock.arrival_offset_s` tells sessions to use the middle of it (the play-out
-model re-anchors on MEDIA_MARK_PROCESSED and STATUS arrival times).
+is why it only starts where CPU becomes the limit. Arrival times are then known only to within the
+time since the previous read (a tick, more after a late one); :attr:`MediaClock.arrival_offset_s`
+tells sessions to use the middle of it (the play-out model re-anchors on MEDIA_MARK_PROCESSED and
+STATUS arrival times).
 
 Only plain TCP sockets on Linux take part (TLS needs the loop's decryption; other systems have no
 ``select.epoll``).
@@ -38,6 +39,8 @@ from vr3ai.media.clock import MediaClock
 
 log = logging.getLogger("vr3ai.media.tickread")
 
+_MAX_READ_INTERVAL_S = 0.5
+"""Longer since the last read (a stall): the estimate is worthless anyway; keep it bounded."""
 _READ_SIZE = 16 * 1024
 """Per read: a tick normally finds one 166-byte frame per socket. Not larger: os.read allocates the
 whole size first, and above glibc's mmap threshold (128 kB) that is an mmap/munmap per read."""
@@ -74,6 +77,7 @@ class TickReader:
         """id() of a socket in our epoll -> its fd."""
         self._ep: select.epoll | None = None
         self.active = False
+        self._last_poll: float | None = None
         self.reads = 0
         self.switches = 0
         self._hooked = False
@@ -130,7 +134,14 @@ class TickReader:
         ep = self._ep
         clock = self._clock()
         assert ep is not None and clock is not None  # the clock's own tick calls this
-        clock.arrival_offset_s = clock.tick_s / 2
+        # What is read now arrived since the last read, on average half that time ago: a tick
+        # normally, more after a late one. (A fixed half tick made a late tick's events look up to
+        # a tick later than they were: the play-out model then re-anchored later and let
+        # Asterisk's queue run dry.)
+        now = clock.time()
+        last, self._last_poll = self._last_poll, now
+        since = clock.tick_s if last is None else min(max(now - last, 0.0), _MAX_READ_INTERVAL_S)
+        clock.arrival_offset_s = since / 2
         fds = self._fds
         try:
             for fd, _events in ep.poll(0):
@@ -162,6 +173,7 @@ class TickReader:
             return
         self.active = on
         self.switches += 1
+        self._last_poll = None
         if on:
             if self._ep is None:
                 self._ep = select.epoll()

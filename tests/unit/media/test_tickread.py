@@ -79,6 +79,32 @@ async def test_reads_once_after_each_tick(clock: MediaClock, socks: list[Sock]) 
     reader.release(a)  # idempotent
 
 
+async def test_arrival_is_estimated_from_the_time_since_the_last_read() -> None:
+    """What a read finds arrived since the previous read: half a tick ago after an on-time tick,
+    more after a late one (a fixed half tick made late events look later than they were, and the
+    play-out model then re-anchored later and let Asterisk's queue run dry)."""
+    t = [100.0]
+    clock = MediaClock(time_fn=lambda: t[0], autostart=False)
+    reader = TickReader(clock)
+    a = Sock(clock)
+    reader.enroll(a, 1)
+    offsets = []
+    for step in (0.0, 0.020, 0.020, 0.050, 0.020, 3.0):
+        t[0] += step
+        a.peer.send(b"x")
+        clock.tick()
+        offsets.append(a.got[-1][1])
+    assert offsets == pytest.approx([0.010, 0.010, 0.010, 0.025, 0.010, 0.25])  # the last: bounded
+    reader.release(a)  # below the threshold: the loop reads again...
+    reader.enroll(a, 1)
+    t[0] += 0.020
+    a.peer.send(b"y")
+    clock.tick()  # ...and the first read after that has no previous read to go by
+    assert a.got[-1] == (b"y", pytest.approx(0.010))
+    reader.release(a)
+    a.close()
+
+
 async def test_threshold_and_hysteresis(clock: MediaClock, socks: list[Sock]) -> None:
     reader = TickReader(clock)
     a, b, c, d = socks
