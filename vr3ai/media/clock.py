@@ -67,7 +67,8 @@ class MediaClock:
         :mod:`vr3ai.media.uring`)."""
         self.arrival_offset_s = 0.0
         """How long ago what is being delivered now arrived, on average (sockets read by a tick hook,
-        :mod:`vr3ai.media.tickread`: half a tick); 0 when the event loop delivers it as it comes."""
+        :mod:`vr3ai.media.tickread`: half the time since its previous read); 0 when the event loop
+        delivers it as it comes."""
 
     def now(self) -> float:
         """Seconds on this clock's monotonic time base."""

@@ -162,7 +162,9 @@ class DirectTransport:
     ) -> None:
         """Deliver every further message by calling ``sink`` from ``data_received``; returns when
         the socket is closed, raises what ``sink`` raised. With ``clock``, the socket is read by
-        that clock's ticks while ``tick_reads_from`` or more sockets are (:mod:`vr3ai.media.tickread`)."""
+        that clock's ticks while ``tick_reads_from`` or more sockets are (:mod:`vr3ai.media.tickread`),
+        and with ``ring_sends`` what is sent while the clock services its sessions goes out in the
+        clock's io_uring batch (:mod:`vr3ai.media.uring`)."""
         while self._inbox:
             sink(self._inbox.popleft())
         if self._closed_in:

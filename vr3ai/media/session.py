@@ -31,7 +31,8 @@ handler if the agent listens (:meth:`MediaSession.listen`: a plain call, no task
 appends it to a bounded queue for :meth:`MediaSession.frames`; if that agent falls behind, the
 oldest frames are dropped and counted. Asterisk's socket writes block while we do not read, which
 can stall its bridge (#2140). With many calls up, the socket is read by the media clock's tick
-instead of the event loop (``vr3ai.media.tickread``); arrival times are then the middle of the tick.
+instead of the event loop (``vr3ai.media.tickread``); arrival times are then the middle of the time
+since the previous read.
 
 Transport: sends are synchronous and non-blocking (the transport orders and buffers them), so the
 shared clock can service 150 sessions per tick without awaiting each one. See ``server.py`` for the
@@ -753,7 +754,7 @@ class MediaSession:
                     streaming = False
                     break
         self._flush_batch()
-        self._streaming = streaming and (self.config.send_silence or self._end_off > self._sent_off)
+        self._streaming = streaming and (self._send_silence or self._end_off > self._sent_off)
 
     def _send_frame(self, now: float) -> bool:
         fb = self._fb

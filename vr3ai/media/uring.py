@@ -327,33 +327,25 @@ class SendBatch:
             self.ring_sends += len(chunk)
             if results == lens:
                 continue
-            if -errno.EINPROGRESS in results:
-                self._lost(chunk, socks[lo : lo + size], results)
-                continue
+            stuck = results.count(-errno.EINPROGRESS)
+            if stuck:
+                # Never seen: sends with MSG_DONTWAIT complete inside io_uring_enter. If one does
+                # not, the ring is not trusted again, and the calls whose sends are in doubt end.
+                self._stuck.append(chunk)  # the kernel may still read these buffers
+                self.enabled = False
+                log.error(
+                    "io_uring sends did not complete: media frames are written one by one from now "
+                    "on; ending the calls whose stream order is unknown",
+                    extra={"media_sockets": stuck},
+                )
             for sock, data, res in zip(socks[lo : lo + size], chunk, results, strict=True):
-                if res != len(data):
+                if res == -errno.EINPROGRESS:
+                    sock.ring_lost()
+                elif res != len(data):
                     # Short, EAGAIN or an error: the transport buffers the rest, or meets the
                     # error itself and runs its usual close path.
                     self.short_sends += 1
                     sock.write_direct(data[res:] if res > 0 else data)
-
-    def _lost(self, chunk: list[bytes], socks: list[RingWritable], results: list[int]) -> None:
-        # Never seen: sends with MSG_DONTWAIT complete inside io_uring_enter. If one does not, the
-        # ring is not trusted again, and the calls whose sends are in doubt end.
-        self._stuck.append(chunk)
-        self.enabled = False
-        lost = [sock for sock, res in zip(socks, results, strict=True) if res == -errno.EINPROGRESS]
-        log.error(
-            "io_uring sends did not complete: media frames are written one by one from now on; "
-            "ending the calls whose stream order is unknown",
-            extra={"media_sockets": len(lost)},
-        )
-        for sock, data, res in zip(socks, chunk, results, strict=True):
-            if res == -errno.EINPROGRESS:
-                sock.ring_lost()
-            elif res != len(data):
-                self.short_sends += 1
-                sock.write_direct(data[res:] if res > 0 else data)
 
     def close(self) -> None:
         self.flush()
