@@ -55,6 +55,7 @@ from common import (
     CallerFleet,
     ConnSampler,
     CpuProbe,
+    Holes,
     PlatformProcess,
     analyse_stream,
     caller_sentences,
@@ -160,6 +161,20 @@ async def measure_idle(lab: AsteriskLab, plat: PlatformProcess, seconds: float) 
     return out
 
 
+def _heard(c: Caller, t0: float, t1: float) -> Holes:
+    """What caller ``c`` heard of the agent between ``t0`` and ``t1``."""
+    times = np.frombuffer(c.rx_t, dtype=np.float64)
+    return analyse_stream(times, np.frombuffer(bytes(c.rx_loud), dtype=np.uint8), t0, t1)
+
+
+def _audible(h: Holes, agent: str) -> bool:
+    """An audible underrun: a hole in speech of two frames (less the slack), or, with the minimal
+    agent (whose audio has no pauses of its own), a quiet run in its speech of two frames."""
+    if any(x >= AUDIBLE_MS - 8 for x in h.holes_in_speech_ms):
+        return True
+    return agent == "minimal" and any(x >= AUDIBLE_MS for x in h.quiet_runs_in_speech_ms)
+
+
 def _preemptions(pid: int) -> int:
     """Involuntary context switches of every thread of ``pid`` so far."""
     total = 0
@@ -199,11 +214,9 @@ async def ab_windows(
         holes = underruns = 0
         v2v = [(b - a) * 1000 for c in callers for a, b in c.turns if t0 <= a <= t1]
         for c in callers:
-            h = analyse_stream(
-                np.frombuffer(c.rx_t, dtype=np.float64), np.frombuffer(bytes(c.rx_loud), dtype=np.uint8), t0, t1
-            )
+            h = _heard(c, t0, t1)
             holes += len(h.holes_in_speech_ms)
-            underruns += any(x >= AUDIBLE_MS - 8 for x in h.holes_in_speech_ms)
+            underruns += _audible(h, args.agent)
         out.append(
             {
                 "on": on,
@@ -315,19 +328,14 @@ async def run_step(
     v2v: list[float] = []
     greet: list[float] = []
     for c in ok:
-        t = np.frombuffer(c.rx_t, dtype=np.float64)
-        loud = np.frombuffer(bytes(c.rx_loud), dtype=np.uint8)
-        h = analyse_stream(t, loud, w0, w1)
+        h = _heard(c, w0, w1)
         gaps.append(h.gaps_ms)
         res.holes_speech_n += len(h.holes_in_speech_ms)
         res.holes_speech_ms += sum(h.holes_in_speech_ms)
         res.holes_any_n += len(h.holes_any_ms)
         res.holes_any_ms += sum(h.holes_any_ms)
         res.quiet_runs_speech_n += len(h.quiet_runs_in_speech_ms) if args.agent == "minimal" else 0
-        audible = [x for x in h.holes_in_speech_ms if x >= AUDIBLE_MS - 8]  # 2 frames less the slack
-        if args.agent == "minimal":
-            audible += [x for x in h.quiet_runs_in_speech_ms if x >= AUDIBLE_MS]
-        if audible:
+        if _audible(h, args.agent):
             res.underrun_calls += 1
         turns = [(a, b) for a, b in c.turns if w0 <= a <= w1]
         res.turns += len(turns)
