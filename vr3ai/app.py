@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from vr3ai.api import api_router
+from vr3ai.api.docs import install_docs
 from vr3ai.core.runs import RunOutcome
 from vr3ai.db.migrate import upgrade
 from vr3ai.media.server import MediaRegistry, media_router
@@ -129,8 +130,9 @@ def create_app(
                 await voice.close()
             await svc.db.dispose()
 
-    app = FastAPI(title="VR3 AI", version="0.1.0", lifespan=lifespan, docs_url="/docs", openapi_url="/openapi.json")
+    app = FastAPI(title="VR3 AI", version="0.1.0", lifespan=lifespan, docs_url=None, openapi_url="/openapi.json")
     app.state.services = svc
+    install_docs(app, "/docs")
     app.include_router(api_router)
     app.include_router(media_router(svc.media))
     app.include_router(web_router())
