@@ -31,6 +31,6 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         db = Database(settings.resolved_database_url())
-        box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
+        box = SecretBox.from_settings(settings.secret_key, settings.data_dir, settings.secret_key_previous)
         quota = QuotaService(db)
         return cls(settings=settings, db=db, box=box, quota=quota, runs=RunService(db, quota))

@@ -38,7 +38,10 @@ class Settings:
     public_url: str = ""
     """How Asterisk reaches us (used in generated websocket_client.conf snippets and diagnostics)."""
     secret_key: str = ""
-    """Key for encrypting secrets at rest; default: generated once into ``data_dir/secret.key``."""
+    """Key for encrypting secrets at rest (a Fernet key, or a passphrase stretched with scrypt);
+    default: generated once into ``data_dir/secret.key``."""
+    secret_key_previous: str = ""
+    """The key in force before ``secret_key`` during a rotation: it only decrypts (``vr3ai secrets rotate``)."""
     media_tls_cert: str = ""
     media_tls_key: str = ""
     media_tls_port: int = 0
@@ -74,6 +77,7 @@ class Settings:
         s.port = int(os.environ.get("VR3AI_PORT", s.port))
         s.public_url = os.environ.get("VR3AI_PUBLIC_URL", "")
         s.secret_key = os.environ.get("VR3AI_SECRET_KEY", "")
+        s.secret_key_previous = os.environ.get("VR3AI_SECRET_KEY_PREVIOUS", "")
         s.media_tls_cert = os.environ.get("VR3AI_MEDIA_TLS_CERT", "")
         s.media_tls_key = os.environ.get("VR3AI_MEDIA_TLS_KEY", "")
         s.media_tls_port = int(os.environ.get("VR3AI_MEDIA_TLS_PORT", "0") or 0)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import null, select
+import asyncio
 
-from vr3ai.core.secrets import hash_api_key, hash_password, new_api_key
-from vr3ai.db.models import ApiKey, Organization, User
+from sqlalchemy import func, null, select, update
+
+from vr3ai.core.secrets import hash_api_key, hash_password, new_api_key, password_needs_rehash
+from vr3ai.db.models import ApiKey, Organization, User, utcnow
 from vr3ai.db.session import Database
+
+MIN_PASSWORD_LENGTH = 8
 
 
 async def create_organization(
@@ -32,12 +36,40 @@ async def create_organization(
 
 
 async def create_api_key(db: Database, organization_id: str, name: str = "default") -> str:
+    return (await create_api_key_row(db, organization_id, name))[1]
+
+
+async def create_api_key_row(db: Database, organization_id: str, name: str = "default") -> tuple[ApiKey, str]:
+    """A new API key: its row (the id names it for ``revoke``) and the key itself, shown once."""
     key = new_api_key()
     async with db.session() as s, s.begin():
         if await s.get(Organization, organization_id) is None:
             raise LookupError(f"organization {organization_id} not found")
-        s.add(ApiKey(organization_id=organization_id, name=name, prefix=key[:8], key_hash=hash_api_key(key)))
-    return key
+        row = ApiKey(organization_id=organization_id, name=name, prefix=key[:8], key_hash=hash_api_key(key))
+        s.add(row)
+    return row, key
+
+
+async def list_api_keys(db: Database, organization_id: str) -> list[ApiKey]:
+    async with db.session() as s:
+        if await s.get(Organization, organization_id) is None:
+            raise LookupError(f"organization {organization_id} not found")
+        rows = await s.scalars(
+            select(ApiKey).where(ApiKey.organization_id == organization_id).order_by(ApiKey.created_at)
+        )
+        return list(rows)
+
+
+async def revoke_api_key(db: Database, key_id: str) -> ApiKey:
+    """Revoke the key with this id: every request with it is refused from the next one on (keys are
+    looked up per request, nothing caches them). Revoking twice keeps the first time."""
+    async with db.session() as s, s.begin():
+        row = await s.get(ApiKey, key_id)
+        if row is None:
+            raise LookupError(f"API key {key_id} not found")
+        if row.revoked_at is None:
+            row.revoked_at = utcnow()
+    return row
 
 
 async def organization_for_key(db: Database, key: str) -> Organization | None:
@@ -55,12 +87,45 @@ async def list_organizations(db: Database) -> list[Organization]:
         return list((await s.execute(select(Organization).order_by(Organization.created_at))).scalars())
 
 
+def check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValueError(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+
+
 async def create_user(db: Database, organization_id: str, email: str, password: str) -> User:
-    if len(password) < 8:
-        raise ValueError("password must be at least 8 characters")
+    check_password(password)
     async with db.session() as s, s.begin():
         if await s.get(Organization, organization_id) is None:
             raise LookupError(f"organization {organization_id} not found")
         user = User(organization_id=organization_id, email=email.strip().lower(), password_hash=hash_password(password))
         s.add(user)
     return user
+
+
+async def set_password(db: Database, email: str, password: str) -> User:
+    """Give the user a new password. The session cookies carry a fingerprint of the password hash,
+    so this also signs the user out of every dashboard session."""
+    check_password(password)
+    new_hash = await asyncio.to_thread(hash_password, password)  # ~0.5 s of CPU: off the event loop
+    async with db.session() as s, s.begin():
+        user = await s.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
+        if user is None:
+            raise LookupError(f"user {email.strip()} not found")
+        user.password_hash = new_hash
+    return user
+
+
+async def upgrade_password_hash(db: Database, user: User, password: str) -> None:
+    """After a successful sign-in with a hash made at an older cost: store one at today's cost.
+    Conditional on the old hash, so a password changed meanwhile is never overwritten."""
+    if not password_needs_rehash(user.password_hash):
+        return
+    new_hash = await asyncio.to_thread(hash_password, password)
+    async with db.session() as s, s.begin():
+        done = await s.execute(
+            update(User)
+            .where(User.id == user.id, User.password_hash == user.password_hash)
+            .values(password_hash=new_hash)
+        )
+    if done.rowcount:  # type: ignore[attr-defined]
+        user.password_hash = new_hash

@@ -88,6 +88,17 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class RevokedSession(Base):
+    """Dashboard sessions ended by "Sign out" before their cookie expires. Kept in the database so a
+    restart does not bring a signed-out cookie back to life; rows past ``expires_at`` (when the
+    cookie's signature would have expired anyway) are deleted on the next sign-out."""
+
+    __tablename__ = "revoked_sessions"
+
+    sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 class OrganizationSecret(Base):
     """Named secrets (e.g. an LLM API key) that workflows refer to by name."""
 

@@ -9,9 +9,10 @@ hash. Why this shape:
   :data:`SESSION_MAX_AGE_S` (checked from the signed timestamp, not from the browser).
 * **No session fixation**: signing in always issues a brand-new ``sid`` and ``csrf``; the
   anonymous cookie that carried the login form's token is discarded.
-* **Log out means out**: the ``sid`` is put on a revocation list held by the process until the
-  cookie would have expired anyway; changing a user's password (new hash → new ``pwv``) ends all
-  of that user's sessions everywhere.
+* **Log out means out**: the ``sid`` goes into the ``revoked_sessions`` table until the cookie
+  would have expired anyway, so a restart does not revive it (one primary-key lookup per signed-in
+  request); changing a user's password (new hash → new ``pwv``) ends all of that user's sessions
+  everywhere.
 * **CSRF**: a token bound to the session (not a second cookie), sent as a hidden ``csrf_token``
   field in every POST form or as an ``X-CSRF-Token`` header by fetch; compared in constant time.
   The login form is protected too, with the anonymous session's token (login CSRF).
@@ -36,14 +37,16 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
-from vr3ai.core.secrets import hash_password, verify_password
-from vr3ai.db.models import Organization, User
+from vr3ai.core.orgs import upgrade_password_hash
+from vr3ai.core.secrets import dummy_password_hash, verify_password
+from vr3ai.db.models import Organization, RevokedSession, User, utcnow
 from vr3ai.web.render import CsrfFailed, LoginRequired
 
 if TYPE_CHECKING:
@@ -60,7 +63,7 @@ MAX_FAILURES_PER_IP = 30
 WINDOW_S = 60.0
 _MAX_TRACKED_KEYS = 10_000
 # verify_password of an unknown e-mail runs against this, so both answers take the same time.
-_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+_DUMMY_HASH = dummy_password_hash()
 
 
 @dataclass
@@ -136,12 +139,14 @@ class WebState:
         self.serializer = URLSafeTimedSerializer(_session_key(services), salt="vr3ai.web.session")
         self.flash_serializer = URLSafeTimedSerializer(_session_key(services), salt="vr3ai.web.flash")
         self.limiter = LoginRateLimiter()
-        self.revoked: dict[str, float] = {}
+        self.db = services.db
 
-    def revoke(self, sid: str) -> None:
-        now = time.monotonic()
-        self.revoked = {k: v for k, v in self.revoked.items() if v > now}
-        self.revoked[sid] = now + SESSION_MAX_AGE_S
+    async def revoke(self, sid: str) -> None:
+        now = utcnow()
+        async with self.db.session() as s, s.begin():
+            await s.execute(delete(RevokedSession).where(RevokedSession.expires_at < now))
+            if await s.get(RevokedSession, sid) is None:
+                s.add(RevokedSession(sid=sid, expires_at=now + timedelta(seconds=SESSION_MAX_AGE_S)))
 
 
 def _session_key(services: Services) -> bytes:
@@ -183,8 +188,6 @@ def read_session(request: Request) -> SessionData | None:
     except BadSignature:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("sid"), str) or not isinstance(data.get("csrf"), str):
-        return None
-    if data["sid"] in state.revoked:
         return None
     return SessionData(sid=data["sid"], csrf=data["csrf"], uid=data.get("uid"), pwv=data.get("pwv"))
 
@@ -241,6 +244,8 @@ async def viewer_for(request: Request) -> Viewer | None:
         user = await s.get(User, session.uid)
         if user is None or password_fingerprint(user.password_hash) != session.pwv:
             return None
+        if await s.get(RevokedSession, session.sid) is not None:
+            return None
         org = await s.get(Organization, user.organization_id)
         if org is None:
             return None
@@ -286,7 +291,11 @@ async def authenticate(services: Services, email: str, password: str) -> User | 
     stored = user.password_hash if user is not None else _DUMMY_HASH
     # scrypt takes tens of milliseconds of CPU: keep it off the event loop.
     ok = await asyncio.to_thread(verify_password, password, stored)
-    return user if ok and user is not None else None
+    if not ok or user is None:
+        return None
+    # A hash made at an older scrypt cost is replaced now that we know the password.
+    await upgrade_password_hash(services.db, user, password)
+    return user
 
 
 def safe_next(value: str | None) -> str:

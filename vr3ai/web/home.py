@@ -122,7 +122,7 @@ async def login(request: Request, svc: ServicesDep) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request, viewer: Annotated[Viewer, Depends(require_viewer_post)]) -> Response:
-    web_state(request).revoke(viewer.session.sid)
+    await web_state(request).revoke(viewer.session.sid)
     response = RedirectResponse("/login", status_code=303)
     clear_session(request, response)
     return response
