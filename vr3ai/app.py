@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from vr3ai.api import api_router
 from vr3ai.api.docs import install_docs
+from vr3ai.bodylimit import BodySizeLimit, workflow_rules
 from vr3ai.core.runs import RunOutcome
 from vr3ai.db.migrate import upgrade
 from vr3ai.media.server import MediaRegistry, media_router
@@ -133,6 +134,12 @@ def create_app(
     app = FastAPI(title="VR3 AI", version="0.1.0", lifespan=lifespan, docs_url=None, openapi_url="/openapi.json")
     app.state.services = svc
     install_docs(app, "/docs")
+    # Before anything reads a body (FastAPI parses it ahead of authentication): vr3ai.bodylimit.
+    app.add_middleware(
+        BodySizeLimit,
+        default=settings.max_body_bytes,
+        rules=workflow_rules(settings.max_workflow_body_bytes),
+    )
     app.include_router(api_router)
     app.include_router(media_router(svc.media))
     app.include_router(web_router())

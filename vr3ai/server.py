@@ -25,9 +25,12 @@ def uvicorn_config(app: Any, **kw: Any) -> uvicorn.Config:
     The media path is served by :class:`vr3ai.media.direct.MediaWebSocketProtocol`: uvicorn's
     websockets-sansio protocol (its 101 reply, "Connection: Upgrade" and no extensions unless
     offered, passes Asterisk's strict handshake check) that carries the media frames itself
-    instead of through ASGI. Access logs are off because URLs may carry credentials."""
+    instead of through ASGI. Access logs are off because URLs may carry credentials. WebSocket
+    messages are capped at the media limit (the media socket is the only WebSocket we serve)."""
     from vr3ai.media.direct import media_ws_protocol
+    from vr3ai.media.server import MAX_MEDIA_MESSAGE_BYTES
 
+    kw.setdefault("ws_max_size", MAX_MEDIA_MESSAGE_BYTES)
     return uvicorn.Config(
         app,
         ws=media_ws_protocol(app.state.services.media),

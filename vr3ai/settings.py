@@ -18,6 +18,19 @@ def _env_bool(name: str, default: bool) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _env_positive_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number of bytes, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be greater than 0, got {value}")
+    return value
+
+
 def normalize_database_url(url: str) -> str:
     """Accept the URLs people paste (``postgres://``, ``postgresql://``) and pick the async drivers."""
     if url.startswith("postgres://"):
@@ -68,6 +81,10 @@ class Settings:
     """On SIGTERM, how long live calls may go on before they are ended cleanly."""
     log_json: bool = True
     cookie_secure: bool = False
+    max_body_bytes: int = 1024 * 1024
+    """Largest HTTP request body accepted (bytes); larger ones get 413 before they are read."""
+    max_workflow_body_bytes: int = 256 * 1024
+    """Largest body of a request that carries a workflow definition (API and dashboard editor)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -95,6 +112,8 @@ class Settings:
         s.shutdown_grace_s = float(os.environ.get("VR3AI_SHUTDOWN_GRACE_S", "0") or 0)
         s.ring_timeout_s = int(os.environ.get("VR3AI_RING_TIMEOUT_S", s.ring_timeout_s))
         s.cookie_secure = _env_bool("VR3AI_COOKIE_SECURE", False)
+        s.max_body_bytes = _env_positive_int("VR3AI_MAX_BODY_BYTES", s.max_body_bytes)
+        s.max_workflow_body_bytes = _env_positive_int("VR3AI_MAX_WORKFLOW_BODY_BYTES", s.max_workflow_body_bytes)
         return s
 
     def resolved_database_url(self) -> str:

@@ -7,8 +7,9 @@ playing a misbehaving Asterisk: ≥10,000 cases in total.
   unmasked, reserved opcodes, bad close codes, absurd lengths).
 * In a session (valid MEDIA_START for an expected channel), one case per message: plain and JSON
   control events with odd values, junk text (> 128 bytes, odd unicode, deep JSON), binary frames of
-  every size 0..1024, random sizes up to 70,000 and the 64 KiB boundaries, while a server-side agent
-  plays, marks, flushes and hangs up at random; sessions end every way a socket can end.
+  every size 0..1024, random sizes up to the 64 KiB message limit and its boundaries, while a
+  server-side agent plays, marks, flushes and hangs up at random; sessions end every way a socket
+  can end, one of them a message over the limit (1009).
 
 Asserted: the server never stops serving (a fresh valid call works at the end), every session ends
 and leaves the registry and the media clock empty, the expected close code is used for each refusal,
@@ -65,7 +66,7 @@ from vr3ai.media.protocol import (
     format_event,
     parse_event,
 )
-from vr3ai.media.server import MEDIA_WS_PATH, MediaRegistry, media_router
+from vr3ai.media.server import MAX_MEDIA_MESSAGE_BYTES, MEDIA_WS_PATH, MediaRegistry, media_router
 from vr3ai.media.session import MediaConfig, MediaFormatError, MediaSession, MediaSessionClosed
 
 from .ari_rig import TracebackCatcher, in_our_code
@@ -73,9 +74,10 @@ from .ari_rig import TracebackCatcher, in_our_code
 SEED = int(os.environ.get("VR3AI_FUZZ_SEED", "20261126"))
 PRE_CASES = int(os.environ.get("VR3AI_FUZZ_MEDIA_PRE_CASES", "2000"))
 SESSION_CASES = int(os.environ.get("VR3AI_FUZZ_MEDIA_SESSION_CASES", "10000"))
-SWEEP = [*range(0, 1025), *range(1025, 70_001, 61), 65534, 65535, 65536, 65537, 69999, 70000]
+SWEEP = [*range(0, 1025), *range(1025, 65_537, 61), 65534, 65535, 65536]
 """Binary sizes sent in order on one session: every size to 1 KiB, then a stride of 61 bytes (coprime
-with every frame size) to 70,000, and the 64 KiB boundaries (Asterisk's own limit is 65,535)."""
+with every frame size) to the 64 KiB message limit, and its boundaries (Asterisk's own limit is
+65,535). Larger messages end the session (1009): the ``oversize`` ending."""
 USER, PASSWORD = "vr3ai-media", "media-secret"
 AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 MEDIA_START_TIMEOUT = 1.0
@@ -192,14 +194,14 @@ class TextGen:
         if pick == 2:
             return "".join(chr(r.randrange(32, 0x2FFF)) for _ in range(r.randint(1, 200)))
         if pick == 3:
-            return r.choice(["x" * 129, "MEDIA_XOFF " + "y" * 200, "A" * 100_000, "{" + " " * 5000 + "}"])
+            return r.choice(["x" * 129, "MEDIA_XOFF " + "y" * 200, "A" * 65_000, "{" + " " * 5000 + "}"])
         if pick == 4:
             return json.dumps(self.json_value(0))
         if pick == 5:
             return r.choice(
                 [
                     "[" * 50_000,
-                    '{"event":' * 20_000,
+                    '{"event":' * 7_000,  # 63,000 bytes: under the 64 KiB message limit
                     '{"event": "MEDIA_XON"',
                     "{}",
                     "[]",
@@ -338,7 +340,7 @@ class TextGen:
             return r.randint(0, 2000)
         if pick < 0.85:
             return r.randint(2000, 65535)
-        return r.choice([65534, 65535, 65536, 65537, r.randint(65536, 70000), 69999, 70000])
+        return r.choice([65534, 65535, 65536, r.randint(60000, 65536)])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -461,7 +463,9 @@ class PreStartFuzzer:
 
     async def send_first(self, kind: str, first: str | bytes) -> None:
         expected = 1002
-        if isinstance(first, str):
+        if _wire_size(first) > MAX_MEDIA_MESSAGE_BYTES:
+            expected = 1009  # refused by size before anything reads it
+        elif isinstance(first, str):
             ev = parse_event(first)
             if isinstance(ev, MediaStart):
                 expected = 1008  # a well-formed MEDIA_START nobody expects
@@ -508,6 +512,12 @@ class PreStartFuzzer:
             code = await close_code(ws)
         first = msgs[0]
         expected = 1008 if isinstance(first, str) and isinstance(parse_event(first), MediaStart) else 1002
+        if _wire_size(first) > MAX_MEDIA_MESSAGE_BYTES:
+            expected = 1009
+        elif code == 1009 and any(_wire_size(m) > MAX_MEDIA_MESSAGE_BYTES for m in msgs):
+            # A message over the size limit read in the same segment as the first one is refused
+            # (1009) before the first one is judged.
+            expected = 1009
         self.check("blast", code, expected, first)
 
     async def silence(self) -> None:
@@ -619,6 +629,10 @@ class PreStartFuzzer:
         self.findings.outcomes[f"{kind}:{code}"] += 1
         if code != expected:
             self.findings.fail(f"{kind}: close code {code}, expected {expected}, first message {_short(first)}")
+
+
+def _wire_size(msg: str | bytes) -> int:
+    return len(msg.encode() if isinstance(msg, str) else msg)
 
 
 async def server_close(reader: asyncio.StreamReader) -> int | None:
@@ -809,15 +823,15 @@ class SessionFuzzer:
             await session.hangup("fuzz")
             await close_code(ws)
         else:
-            # Larger than uvicorn's ws_max_size (16 MiB): the server closes with 1009, possibly
+            # Larger than the media message limit (64 KiB): the server closes with 1009, possibly
             # while the frame is still being written.
             try:
-                await ws.send(b"\x00" * (16 * 1024 * 1024 + 1))
+                await ws.send(b"\x00" * (MAX_MEDIA_MESSAGE_BYTES + 1))
             except ConnectionClosed:
                 pass
             code = await close_code(ws, within=10)
             # None: the server's close frame lost the race with its TCP reset while we were still
-            # writing the 16 MiB; either way the server refused the frame and ended the session.
+            # writing the frame; either way the server refused the frame and ended the session.
             if code not in (1009, None):
                 self.findings.fail(f"oversize frame: close code {code}, expected 1009")
 

@@ -53,15 +53,17 @@ from websockets.frames import Frame, Opcode, apply_mask
 from websockets.http11 import Request
 
 from vr3ai.media.clock import MediaClock
-from vr3ai.media.server import MEDIA_SUBPROTOCOL, MEDIA_WS_PATH, MediaRegistry, serve_media
+from vr3ai.media.server import MAX_MEDIA_MESSAGE_BYTES, MEDIA_SUBPROTOCOL, MEDIA_WS_PATH, MediaRegistry, serve_media
 from vr3ai.media.tickread import TickReader
 from vr3ai.media.uring import SendBatch
 
 log = logging.getLogger("vr3ai.media.direct")
 
 _MAX_BUFFERED = 256 * 1024
-_MAX_FAST_FRAME = 1 << 20
-"""Larger frames (and anything unusual) go to websockets' parser, which enforces uvicorn's limit."""
+_MAX_FAST_FRAME = MAX_MEDIA_MESSAGE_BYTES
+"""Larger frames (and anything unusual) go to websockets' parser, which refuses any message above
+:data:`~vr3ai.media.server.MAX_MEDIA_MESSAGE_BYTES` (also one sent in fragments) with close code
+1009 (set on the connection in ``handle_connect``)."""
 _CLOSE_TIMEOUT_S = 1.0
 CLOSE_INVALID_DATA = 1007
 
@@ -349,6 +351,9 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         self.request = event
         self.response = response
         self.handshake_initiated = True
+        # Whatever uvicorn's ws_max_size says: the parser, which gets every frame the fast path
+        # does not take (and all frames once it owns the stream), refuses bigger messages with 1009.
+        self.conn.max_message_size = min(self.conn.max_message_size or MAX_MEDIA_MESSAGE_BYTES, MAX_MEDIA_MESSAGE_BYTES)
         offered = [t.strip() for h in event.headers.get_all("Sec-WebSocket-Protocol") for t in h.split(",")]
         peer = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
         if MEDIA_SUBPROTOCOL not in offered:

@@ -60,6 +60,12 @@ MEDIA_SUBPROTOCOL = "media"
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY_VIOLATION = 1008
+CLOSE_MESSAGE_TOO_BIG = 1009
+
+MAX_MEDIA_MESSAGE_BYTES = 64 * 1024
+"""Largest media WebSocket message accepted; a larger one closes the socket with 1009. chan_websocket
+sends one frame of audio per message (160 bytes of u-law per 20 ms; 7,680 at 192 kHz) and short
+text commands: 64 KiB is far above anything it sends and bounds what a peer can make us hold."""
 
 _CLOSE_TIMEOUT_S = 1.0
 _MAX_BACKLOG = 500
@@ -144,9 +150,18 @@ class StarletteTransport:
         kind = message["type"]
         if kind == "websocket.receive":
             text = message.get("text")
+            data = message.get("bytes")
+            # A server run without vr3ai.server.uvicorn_config (which caps messages in the
+            # parser) may hand over more: refuse it here all the same.
+            size = len(text.encode()) if text is not None else len(data) if data is not None else 0
+            if size > MAX_MEDIA_MESSAGE_BYTES:
+                log.warning("media socket sent a message of %d bytes; closing with 1009", size)
+                self._closed_in = True
+                self._close_code = CLOSE_MESSAGE_TOO_BIG
+                await self.close(CLOSE_MESSAGE_TOO_BIG, "message too big")
+                return None
             if text is not None:
                 return str(text)
-            data = message.get("bytes")
             return bytes(data) if data is not None else b""
         self._closed_in = True
         code = message.get("code")

@@ -43,6 +43,10 @@ BACKOFF_START_S = 0.25
 BACKOFF_CAP_S = 2.0
 BACKOFF_FACTOR = 1.6
 STABLE_AFTER_S = 30.0
+MAX_EVENT_BYTES = 1024 * 1024
+"""Largest ARI event accepted; a larger one closes the socket (1009) and we reconnect. Asterisk's
+events are a few kB (a channel snapshot with its variables); the limit bounds what the server at a
+tenant's ``ari_endpoint_url`` can make us hold and parse per message."""
 REQUIRED_MODULES = ("chan_websocket.so", "res_websocket_client.so")
 
 
@@ -189,7 +193,7 @@ class AriEventStream:
                     ping_timeout=PING_TIMEOUT_S,
                     open_timeout=5,
                     close_timeout=2,
-                    max_size=16 * 1024 * 1024,
+                    max_size=MAX_EVENT_BYTES,
                     max_queue=4096,
                 ) as ws:
                     self._ws = ws
@@ -314,6 +318,8 @@ class AriEventStream:
                 return self._rest_error_text(AriError(401, "unauthorized"))
             return f"ARI events WebSocket refused with HTTP {status}"
         if isinstance(e, websockets.exceptions.ConnectionClosed):
+            if e.sent is not None and e.sent.code == 1009:
+                return f"ARI events WebSocket closed: an event was larger than {MAX_EVENT_BYTES} bytes"
             return "ARI events WebSocket dropped (Asterisk stopped or the network failed)"
         if isinstance(e, TimeoutError):
             return "ARI events WebSocket did not open within 5 s"
