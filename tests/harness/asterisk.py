@@ -882,6 +882,17 @@ class AsteriskLab:
             chans = await self.ari_channels()
         return chans
 
+    async def wait_no_bridges(self, timeout_s: float = 5.0, poll_s: float = 0.05) -> list[dict[str, Any]]:
+        """Wait until Asterisk has no bridges; returns what is left ([] on success). A call's
+        owner deletes its bridge after hanging up the channels, so the channels can be gone a
+        round trip before the bridge is."""
+        deadline = time.monotonic() + timeout_s
+        bridges = await self.ari_bridges()
+        while bridges and time.monotonic() < deadline:
+            await asyncio.sleep(poll_s)
+            bridges = await self.ari_bridges()
+        return bridges
+
     async def hangup_all(self) -> None:
         """Hang up every channel and destroy every bridge (cleanup between tests)."""
         for ch in await self.ari_channels():

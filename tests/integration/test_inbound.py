@@ -23,7 +23,7 @@ pytestmark = pytest.mark.asterisk
 async def assert_no_leftovers(lab: AsteriskLab) -> None:
     leftovers = await lab.wait_no_channels(timeout_s=5)
     assert leftovers == [], leftovers
-    bridges = await lab.ari_bridges()
+    bridges = await lab.wait_no_bridges(timeout_s=5)
     assert bridges == [], bridges
 
 
