@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vr3ai.media.clock import MediaClock
 from vr3ai.media.direct import DirectTransport, MediaWebSocketProtocol
+from vr3ai.media.engine import MediaEngine, MediaTuning
 from vr3ai.media.protocol import MediaStart
 from vr3ai.media.session import MediaConfig, MediaSession
 
@@ -97,14 +98,16 @@ class _CountingTcp:
         pass
 
 
-def _protocol(loop: asyncio.AbstractEventLoop, sock: socket.socket | None = None) -> Any:
+def _protocol(loop: asyncio.AbstractEventLoop, engine: MediaEngine, sock: socket.socket | None = None) -> Any:
     """A MediaWebSocketProtocol as ``handle_connect`` leaves it, minus uvicorn's server state."""
     proto: Any = object.__new__(MediaWebSocketProtocol)
     proto.transport = _CountingTcp(sock)
     proto.loop = loop
     proto.writable = asyncio.Event()
     proto.writable.set()
-    proto._direct = DirectTransport(proto)
+    proto._time = engine.clock.time
+    proto._direct = DirectTransport(proto, engine)
+    proto._direct.enroll()
     return proto
 
 
@@ -116,19 +119,20 @@ async def run_once(calls: int, seconds: float, mode: str) -> tuple[float, float,
     clock = MediaClock(time_fn=lambda: now[0], autostart=False)
     ticked = mode == "tick"
     # No ring sends: the socketpairs' peers are never read, and the figure is our Python.
-    config = MediaConfig(tick_reads_from=1 if ticked else 0, ring_sends=False)
+    config = MediaConfig()
+    engine = MediaEngine(MediaTuning(tick_reads_from=1 if ticked else 0, ring_sends=False), clock=clock)
     tmp = Path(tempfile.mkdtemp(prefix="vr3ai-hotpath-"))
     pairs = [socket.socketpair() for _ in range(calls)] if ticked else []
     for ours, _peer in pairs:
         ours.setblocking(False)
-    protos = [_protocol(loop, pairs[i][0] if ticked else None) for i in range(calls)]
+    protos = [_protocol(loop, engine, pairs[i][0] if ticked else None) for i in range(calls)]
     peers = [peer for _ours, peer in pairs]
     sessions = [
         MediaSession(
             p._direct,
             MediaStart("hot", f"WebSocket/hot/{i}", f"hot-{i}", "ulaw", 160, 20),
             config=config,
-            clock=clock,
+            engine=engine,
             recording_path=tmp / f"{i}.wav",
         )
         for i, p in enumerate(protos)

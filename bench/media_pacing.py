@@ -284,11 +284,12 @@ async def bench_real(n: int, seconds: float, asgi: bool = False) -> Result:
     from fastapi import FastAPI
 
     from vr3ai.media.direct import media_ws_protocol
+    from vr3ai.media.engine import MediaEngine
     from vr3ai.media.server import MEDIA_WS_PATH, MediaRegistry, media_router
 
     clock = MediaClock(tick_ms=TICK_MS)
     clock.lateness_ms = []
-    registry = MediaRegistry(MediaConfig(target_lead_ms=LEAD_MS), clock=clock)
+    registry = MediaRegistry(MediaConfig(target_lead_ms=LEAD_MS), engine=MediaEngine(clock=clock))
     app = FastAPI()
     app.include_router(media_router(registry))
     ws: Any = "websockets-sansio" if asgi else media_ws_protocol(registry)

@@ -43,7 +43,6 @@ sys.path.insert(0, str(REPO / "bench"))
 from agents import MinimalAgentFactory, voice_workflow  # noqa: E402
 
 from tests.integration.platform import running_platform  # noqa: E402
-from vr3ai.media.clock import shared_clock  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -111,6 +110,7 @@ class Meter:
         self._mark: dict[str, Any] = {}
         self.clock = None
         self.tick_reads_from = 16
+        self.paired_sends_from = 16
         self.tick_cpu_s = {"tick": 0.0, "ring_flush": 0.0, "tick_reads": 0.0}
 
     def patch_vad(self) -> None:
@@ -130,7 +130,7 @@ class Meter:
 
         SileroModel.infer = timed  # type: ignore[method-assign]
 
-    def patch_resync(self, apply: bool = True) -> None:
+    def observe_resyncs(self, apply: bool = True) -> None:
         """Record every re-anchoring of a session's play-out model, by source and direction.
 
         A positive delta moves the model's end of Asterisk's queue later (we then send less); when it
@@ -138,37 +138,16 @@ class Meter:
         model and runs dry: that is what this is here to show. ``apply=False`` (``--no-resync``)
         records the would-be re-anchorings without applying them, for an A/B comparison.
         """
-        from vr3ai.media.session import MediaSession
-
         meter = self
-        orig_resync = MediaSession._resync
-        orig_mark = MediaSession._on_mark_processed
-        orig_status = MediaSession._on_status
-        source = ["tick"]
 
-        def resync(self: Any, delta_s: float) -> None:
-            if abs(delta_s) * 1000.0 > self.config.resync_threshold_ms:
-                meter.resyncs.append((source[0], delta_s * 1000.0))
-            if apply:
-                orig_resync(self, delta_s)
+        class Observer:
+            def resynced(self, source: str, delta_ms: float, applied: bool) -> None:
+                meter.resyncs.append((source, delta_ms))
 
-        def on_mark(self: Any, event: Any, now: float) -> None:
-            source[0] = "mark"
-            try:
-                orig_mark(self, event, now)
-            finally:
-                source[0] = "tick"
-
-        def on_status(self: Any, status: Any, now: float) -> None:
-            source[0] = "status"
-            try:
-                orig_status(self, status, now)
-            finally:
-                source[0] = "tick"
-
-        MediaSession._resync = resync  # type: ignore[method-assign]
-        MediaSession._on_mark_processed = on_mark  # type: ignore[method-assign]
-        MediaSession._on_status = on_status  # type: ignore[method-assign]
+        engine = self.registry.engine
+        engine.observer = Observer()
+        if not apply:
+            engine.retune(resync=False)
 
     def patch_clock_cpu(self) -> None:
         """CPU of the loop thread inside the media clock's ticks (sends, tick reads and everything
@@ -202,7 +181,7 @@ class Meter:
             setattr(cls, name, wrapper)
 
         timed(SendBatch, "flush", "ring_flush")  # the tick's sends: one io_uring_enter
-        timed(TickReader, "_poll", "tick_reads")  # reads, and the session/agent work per frame
+        timed(TickReader, "poll", "tick_reads")  # reads, and the session/agent work per frame
 
     def watch_gc(self) -> None:
         """Pause of every garbage collection, by generation: a full (gen 2) collection walks every
@@ -245,7 +224,7 @@ class Meter:
         return dict(self.registry.active)
 
     def mark(self) -> None:
-        clock = shared_clock()
+        clock = self.registry.engine.clock
         self.clock = clock
         clock.lateness_ms = []
         self._mark = {
@@ -268,7 +247,7 @@ class Meter:
 
     def stats(self) -> dict[str, Any]:
         m = self._mark
-        clock = shared_clock()
+        clock = self.registry.engine.clock
         lat = list(clock.lateness_ms or [])
         lat.sort()
         threads = thread_cpu_ms()
@@ -361,34 +340,23 @@ class Meter:
 
 
 def _ab_switch(knob: str, on: bool, meter: Meter) -> dict[str, Any]:
+    # The engine's public tuning, switched at run time: the same calls stay up.
+    engine = meter.registry.engine
     if knob == "pairs":
-        # Sessions up now; the setting they were made with is the "on" state.
-        sessions = list(meter._sessions().values())
-        for s in sessions:
-            s._pairs_from = s.config.paired_sends_from if on else 0
-        return {"knob": knob, "on": on, "switched": len(sessions)}
-    if knob == "tickreads":
-        from vr3ai.media import tickread
-
-        readers = list(tickread._READERS.values())
-        for r in readers:
-            # Off: a threshold no call count reaches (the reader hands every socket back to the
-            # loop on its next tick); on: the configured one.
-            r.threshold = meter.tick_reads_from if on else 1 << 30
-        return {"knob": knob, "on": on, "switched": len(readers)}
-    if knob == "ring":
-        from vr3ai.media import uring
-
-        batches = list(uring._BATCHES.values())
-        for b in batches:
-            b.enabled = on
-        return {"knob": knob, "on": on, "switched": len(batches)}
-    return {"event": "error", "message": f"unknown A/B knob {knob!r}"}
+        engine.retune(paired_sends_from=meter.paired_sends_from if on else 0)
+    elif knob == "tickreads":
+        # Off: the reader hands every socket back to the loop on its next tick.
+        engine.retune(tick_reads_from=meter.tick_reads_from if on else 0)
+    elif knob == "ring":
+        engine.retune(ring_sends=on)
+    else:
+        return {"event": "error", "message": f"unknown A/B knob {knob!r}"}
+    return {"knob": knob, "on": on, "switched": len(engine.clock)}
 
 
 def _session_counters(s: Any) -> dict[str, float]:
     st = s.stats
-    tr = getattr(s, "_transport", None)
+    tr = s.transport
     return {
         "late_ticks": st.late_ticks,
         "skipped_ms": st.skipped_ms,
@@ -434,8 +402,8 @@ async def main() -> None:
     ap.add_argument(
         "--no-resync",
         action="store_true",
-        help="A/B experiment: sessions never re-anchor their play-out model (MediaSession._resync "
-        "becomes a no-op), to see what the re-anchoring does under load",
+        help="A/B experiment: sessions never re-anchor their play-out model (MediaTuning.resync=False: "
+        "would-be re-anchorings are only recorded), to see what the re-anchoring does under load",
     )
     ap.add_argument(
         "--media-asgi",
@@ -492,8 +460,10 @@ async def main() -> None:
         **({} if args.tick_reads_from is None else {"media_tick_reads_from": args.tick_reads_from}),
     ) as p:
         meter = Meter(p.services.media, warn)
-        meter.tick_reads_from = p.services.media.config.tick_reads_from
-        meter.patch_resync(apply=not args.no_resync)
+        tuning = p.services.media.engine.tuning
+        meter.tick_reads_from = tuning.tick_reads_from
+        meter.paired_sends_from = tuning.paired_sends_from
+        meter.observe_resyncs(apply=not args.no_resync)
         meter.patch_db_timing()
         meter.watch_gc()
         meter.patch_clock_cpu()
@@ -542,8 +512,9 @@ async def main() -> None:
                 out = meter.stats()
             elif line == "clock":
                 # Tick lateness since the last "clock" (A/B windows); the record restarts.
-                lat = sorted(shared_clock().lateness_ms or [])
-                shared_clock().lateness_ms = []
+                clock = meter.registry.engine.clock
+                lat = sorted(clock.lateness_ms or [])
+                clock.lateness_ms = []
                 out = {
                     "event": "clock",
                     "ticks": len(lat),

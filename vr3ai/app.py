@@ -20,8 +20,8 @@ from vr3ai.api.docs import install_docs
 from vr3ai.bodylimit import BodySizeLimit, workflow_rules
 from vr3ai.core.runs import RunOutcome
 from vr3ai.db.migrate import upgrade
+from vr3ai.media.engine import MediaEngine, MediaTuning
 from vr3ai.media.server import MediaRegistry, media_router
-from vr3ai.media.session import MediaConfig
 from vr3ai.services import Services
 from vr3ai.settings import Settings
 from vr3ai.telephony.ari.calls import AgentFactory
@@ -87,11 +87,14 @@ def create_app(
 ) -> FastAPI:
     settings = settings or Settings.from_env()
     svc = services or Services.build(settings)
+    # The process's one media engine: clock, tick reader, send batch and their tuning.
     svc.media = svc.media or MediaRegistry(
-        MediaConfig(
-            tick_reads_from=max(0, settings.media_tick_reads_from),
-            paired_sends_from=max(0, settings.media_paired_sends_from),
-            ring_sends=settings.media_ring_sends,
+        engine=MediaEngine(
+            MediaTuning(
+                tick_reads_from=max(0, settings.media_tick_reads_from),
+                paired_sends_from=max(0, settings.media_paired_sends_from),
+                ring_sends=settings.media_ring_sends,
+            )
         )
     )
 
@@ -129,6 +132,7 @@ def create_app(
                 svc.telephony = None
             if voice is not None:
                 await voice.close()
+            await svc.media.engine.aclose()
             await svc.db.dispose()
 
     app = FastAPI(title="VR3 AI", version="0.1.0", lifespan=lifespan, docs_url=None, openapi_url="/openapi.json")

@@ -45,7 +45,6 @@ from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from vr3ai.media.clock import shared_clock
 from vr3ai.media.direct import media_ws_protocol
 from vr3ai.media.interface import CallEnded, Dtmf, MarkHeard
 from vr3ai.media.protocol import (
@@ -706,11 +705,12 @@ class SessionFuzzer:
             max_inbound_frames=r.choice([1, 5, 50]),
             status_interval_s=r.choice([0.0, 0.1, 5.0]),
             resync_threshold_ms=r.choice([0.0, 40.0]),
-            # 1: this socket is read by the clock's ticks (vr3ai.media.tickread) whenever it is
-            # up; 16: only while 16 fuzz sessions are (rarely); 0: never. Mixed, so the reader
-            # also switches sockets between the clock and the loop while frames fly.
-            tick_reads_from=r.choice([0, 1, 1, 16]),
         )
+        # Process-wide, switched as each session starts: 1: sockets are read by the clock's ticks
+        # (vr3ai.media.tickread) whenever one is up; 16: only while 16 fuzz sessions are (rarely);
+        # 0: never. Mixed, so the reader also switches sockets between the clock and the loop
+        # while frames fly.
+        tick_reads_from = r.choice([0, 1, 1, 16])
         record = r.random() < 0.3
         auth = r.random() < 0.5
         reader_mode = r.choices(["echo", "drain", "stall"], [6, 3, 1])[0]
@@ -734,7 +734,19 @@ class SessionFuzzer:
                 if r.random() < 0.15:
                     script.append(("pause", r.choice([0, 0, 0.001, 0.005, 0.02])))
         return lambda: self.play(
-            cid, fmt, size, ptime, control, config, record, auth, reader_mode, agent_seed, ending, script
+            cid,
+            fmt,
+            size,
+            ptime,
+            control,
+            config,
+            record,
+            auth,
+            reader_mode,
+            agent_seed,
+            ending,
+            script,
+            tick_reads_from,
         )
 
     async def play(
@@ -751,8 +763,10 @@ class SessionFuzzer:
         agent_seed: int,
         ending: str,
         script: list[tuple[str, Any]],
+        tick_reads_from: int,
     ) -> None:
         rec_path = self.tmp / f"{cid}.wav" if record else None
+        self.registry.engine.retune(tick_reads_from=tick_reads_from)
         fut = self.registry.expect(cid, (USER, PASSWORD) if auth else None, recording_path=rec_path, config=config)
         marks: list[str] = []
         # Events are drawn while playing (they may name marks the server has sent by then), from
@@ -1038,10 +1052,10 @@ async def test_media_websocket_survives_10k_fuzz_cases(tmp_path: Path) -> None:
             assert registry.active == {}, f"sessions still active: {list(registry.active)[:10]}"
             assert registry.pending == [], f"expectations left: {registry.pending[:10]}"
             for _ in range(100):
-                if len(shared_clock()) == 0:
+                if len(registry.engine.clock) == 0:
                     break
                 await asyncio.sleep(0.02)
-            assert len(shared_clock()) == 0, "the media clock still services sessions"
+            assert len(registry.engine.clock) == 0, "the media clock still services sessions"
             leftovers = await _pending_tasks(baseline | {server_task}, 5)
             assert not leftovers, f"tasks pending while the server idles: {leftovers[:10]}"
         leftovers = await _pending_tasks(baseline, 5)

@@ -12,10 +12,7 @@ from tests.harness import AsteriskLab, audio
 from tests.integration.agents import AgentRecorder
 from tests.integration.conftest import SIMPLE_WORKFLOW
 from tests.integration.platform import RunningPlatform, running_platform
-from vr3ai.media import uring
-from vr3ai.media.clock import shared_clock
-from vr3ai.media.tickread import TickReader
-from vr3ai.media.uring import SendBatch, SendRing
+from vr3ai.media.uring import SendRing
 
 pytestmark = pytest.mark.asterisk
 
@@ -42,11 +39,12 @@ async def test_inbound_call_with_media_read_by_the_clock(lab: AsteriskLab, tmp_p
         tmp_path, port=lab.media_port, agent_factory=recorder, ring_timeout_s=4, media_tick_reads_from=1
     ) as p:
         await _audio_both_ways(lab, p, recorder)
-        reader = TickReader.for_clock(shared_clock())
+        engine = p.services.media.engine
+        reader = engine.tick_reader
         assert reader is not None and reader.reads > 100, "the clock never read the media socket"
         assert len(reader) == 0 and not reader.active  # released with the call
         if SendRing.create(2) is not None:
-            batch = SendBatch.for_clock(shared_clock())
+            batch = engine.send_batch
             assert batch is not None and batch.ring_sends > 100, "the frames did not go through io_uring"
 
 
@@ -58,7 +56,7 @@ async def test_inbound_call_with_frames_written_one_by_one(lab: AsteriskLab, tmp
         tmp_path, port=lab.media_port, agent_factory=recorder, ring_timeout_s=4, media_ring_sends=False
     ) as p:
         await _audio_both_ways(lab, p, recorder)
-        assert shared_clock() not in uring._BATCHES, "a ring was set up although switched off"
+        assert p.services.media.engine.send_batch is None, "a ring was set up although switched off"
 
 
 async def _audio_both_ways(lab: AsteriskLab, platform: RunningPlatform, recorder: AgentRecorder) -> None:

@@ -1,4 +1,4 @@
-"""One pacing clock per event loop, shared by every media session in the process.
+"""One pacing clock, shared by every media session of the process (owned by its media engine).
 
 Why shared: a task that sleeps 20 ms per call costs a timer, a future and a task switch per call per
 tick; at 150 calls that is 7,500 wake-ups a second spent doing nothing but waiting. One task that
@@ -12,7 +12,8 @@ to catch up would sit in Asterisk's queue for the rest of the call, because chan
 exactly one frame per ptime and never catches up (Asterisk issue #2115).
 
 Sessions only need ``service(now)``; tests drive a clock by hand with :meth:`MediaClock.tick`
-(``autostart=False``) and a virtual ``time_fn``.
+(``autostart=False``) and a virtual ``time_fn``. The process's one clock belongs to its
+:class:`~vr3ai.media.engine.MediaEngine` (made in ``vr3ai.app``), not to a module-level registry.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections.abc import Callable
 from typing import Protocol
 
@@ -65,10 +65,6 @@ class MediaClock:
         self.servicing = False
         """True while :meth:`tick` services the sessions (what they send then may be batched:
         :mod:`vr3ai.media.uring`)."""
-        self.arrival_offset_s = 0.0
-        """How long ago what is being delivered now arrived, on average (sockets read by a tick hook,
-        :mod:`vr3ai.media.tickread`: half the time since its previous read); 0 when the event loop
-        delivers it as it comes."""
 
     def now(self) -> float:
         """Seconds on this clock's monotonic time base."""
@@ -163,16 +159,3 @@ class MediaClock:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-_SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MediaClock] = weakref.WeakKeyDictionary()
-
-
-def shared_clock() -> MediaClock:
-    """The process-wide clock of the running event loop (created on first use)."""
-    loop = asyncio.get_running_loop()
-    clock = _SHARED.get(loop)
-    if clock is None:
-        clock = MediaClock()
-        _SHARED[loop] = clock
-    return clock

@@ -22,15 +22,16 @@ The ASGI endpoint in :mod:`vr3ai.media.server` stays as the fallback for servers
 this protocol class; both share :func:`vr3ai.media.server.serve_media` from MEDIA_START on, so the
 checks (expected channel id, Basic auth, format) are the same code.
 
-Reading: by the event loop (``data_received``), or, once the process carries
-``MediaConfig.tick_reads_from`` media sockets, by the media clock once per tick
+The transport enrolls with the process's :class:`~vr3ai.media.engine.MediaEngine` at the
+handshake. Reading: by the event loop (``data_received``), or, once the process carries
+``MediaTuning.tick_reads_from`` media sockets, by the engine's tick reader once per tick
 (:mod:`vr3ai.media.tickread`: the transport is its ``TickReadable``). Either way the bytes reach
-the same ``data_received``.
+the same parser, with their arrival time, which the session is handed with each message.
 
 Writing: what sessions send while the media clock services them is collected and sent with one
-io_uring submission per tick (:mod:`vr3ai.media.uring`, ``MediaConfig.ring_sends``: the
-transport is its ``RingWritable``); anything else, and everything where io_uring is not
-available, is written to the TCP transport at once. A socket whose transport still buffers bytes
+io_uring submission per tick (the engine's :mod:`vr3ai.media.uring` batch,
+``MediaTuning.ring_sends``: the transport is its ``RingWritable``); anything else, and everything
+where io_uring is not available, is written to the TCP transport at once. A socket whose transport still buffers bytes
 is written through the transport, so nothing overtakes them.
 
 Back-pressure: a peer that stops reading makes the TCP write buffer grow; past ``_MAX_BUFFERED``
@@ -52,10 +53,9 @@ from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode, apply_mask
 from websockets.http11 import Request
 
-from vr3ai.media.clock import MediaClock
+from vr3ai.media.engine import MediaEngine
 from vr3ai.media.server import MAX_MEDIA_MESSAGE_BYTES, MEDIA_SUBPROTOCOL, MEDIA_WS_PATH, MediaRegistry, serve_media
-from vr3ai.media.tickread import TickReader
-from vr3ai.media.uring import SendBatch
+from vr3ai.media.transport import Deliver
 
 log = logging.getLogger("vr3ai.media.direct")
 
@@ -85,13 +85,13 @@ def _frame(opcode: int, payload: bytes) -> bytes:
 class DirectTransport:
     """:class:`~vr3ai.media.session.MediaTransport` on the uvicorn protocol object, with push."""
 
-    def __init__(self, proto: MediaWebSocketProtocol) -> None:
+    def __init__(self, proto: MediaWebSocketProtocol, engine: MediaEngine) -> None:
         self._proto = proto
         self._tcp = proto.transport
         loop = proto.loop
-        self._inbox: deque[str | bytes] = deque()
+        self._inbox: deque[tuple[str | bytes, float]] = deque()
         self._waiter: asyncio.Future[None] | None = None
-        self._sink: Callable[[str | bytes], None] | None = None
+        self._sink: Deliver | None = None
         self._ended: asyncio.Future[None] = loop.create_future()
         self._failed = False
         self._closed_in = False
@@ -99,27 +99,37 @@ class DirectTransport:
         self._close_code: int | None = None
         self.dropped_sends = 0
         self.suspended_sends = 0
-        self._tick_reader: TickReader | None = None
-        self._batch: SendBatch | None = None
-        self._clock: MediaClock | None = None
+        self._engine = engine
+        self._clock = engine.clock
+        self.time = engine.clock.time
+        self._enrolled = False
         self.ring_fd = -1
         self.ring_slot = -1
+
+    def enroll(self) -> None:
+        """The handshake completed: the engine reads this socket on its tick from its threshold
+        on, and batches what sessions send while the clock services them."""
+        fd = self.tick_fd()
+        if fd is not None:
+            self.ring_fd = fd
+        self._enrolled = True
+        self._engine.enroll(self)
 
     @property
     def close_code(self) -> int | None:
         return self._close_code
 
     # ---------------------------------------------------------------- from the protocol
-    def deliver(self, msg: str | bytes) -> None:
+    def deliver(self, msg: str | bytes, arrived_at: float) -> None:
         if self._closed_in or self._closed_out or self._failed:
             return  # past our close frame: discard, as uvicorn does, until the peer's reply
         sink = self._sink
         if sink is None:
-            self._inbox.append(msg)
+            self._inbox.append((msg, arrived_at))
             self._wake()
             return
         try:
-            sink(msg)
+            sink(msg, arrived_at)
         except Exception as exc:
             # Ends the session's run() with this error (it logs it and closes with 1011).
             self._failed = True
@@ -146,7 +156,7 @@ class DirectTransport:
     async def receive(self) -> str | bytes | None:
         while True:
             if self._inbox:
-                return self._inbox.popleft()
+                return self._inbox.popleft()[0]
             if self._closed_in:
                 return None
             self._waiter = self._proto.loop.create_future()
@@ -155,45 +165,26 @@ class DirectTransport:
             finally:
                 self._waiter = None
 
-    async def attach(
-        self,
-        sink: Callable[[str | bytes], None],
-        clock: MediaClock | None = None,
-        tick_reads_from: int = 0,
-        ring_sends: bool = False,
-    ) -> None:
-        """Deliver every further message by calling ``sink`` from ``data_received``; returns when
-        the socket is closed, raises what ``sink`` raised. With ``clock``, the socket is read by
-        that clock's ticks while ``tick_reads_from`` or more sockets are (:mod:`vr3ai.media.tickread`),
-        and with ``ring_sends`` what is sent while the clock services its sessions goes out in the
-        clock's io_uring batch (:mod:`vr3ai.media.uring`)."""
+    async def attach(self, deliver: Deliver, time: Callable[[], float]) -> None:
+        """Deliver every further message by calling ``deliver`` from the parser (as the loop or
+        the engine's tick read it); returns when the socket is closed, raises what ``deliver``
+        raised. ``time`` is not needed: arrival times come from the engine's clock."""
         while self._inbox:
-            sink(self._inbox.popleft())
+            deliver(*self._inbox.popleft())
         if self._closed_in:
             return
-        self._sink = sink
-        if clock is not None and tick_reads_from > 0:
-            self._tick_reader = TickReader.for_clock(clock)
-            if self._tick_reader is not None:
-                self._tick_reader.enroll(self, tick_reads_from)
-        if clock is not None and ring_sends:
-            fd = self.tick_fd()
-            if fd is not None:
-                self._batch = SendBatch.for_clock(clock)
-                self._clock = clock
-                self.ring_fd = fd
+        self._sink = deliver
         try:
             await self._ended
         finally:
             self._sink = None
-            self._batch = None
             self._leave_tick_reads()
 
     def _leave_tick_reads(self) -> None:
-        reader = self._tick_reader
-        if reader is not None:
-            self._tick_reader = None
-            reader.release(self)
+        if self._enrolled:
+            self._enrolled = False
+            self.ring_fd = -1
+            self._engine.release(self)
 
     # ---------------------------------------------------------------- TickReadable
     def tick_fd(self) -> int | None:
@@ -210,8 +201,8 @@ class DirectTransport:
         if not self._tcp.is_closing():
             self._tcp.resume_reading()
 
-    def tick_sink(self) -> Callable[[bytes], None]:
-        return self._proto.data_received
+    def tick_sink(self) -> Callable[[bytes, float], None]:
+        return self._proto.received
 
     # ---------------------------------------------------------------- RingWritable
     def write_direct(self, data: bytes) -> None:
@@ -223,11 +214,11 @@ class DirectTransport:
         self._tcp.abort()  # the session ends as a lost connection (1006) and the call with it
 
     def _write(self, data: bytes) -> None:
-        batch = self._batch
+        batch = self._engine.send_batch
         if (
             batch is not None
             and batch.enabled
-            and self._clock is not None
+            and self.ring_fd >= 0
             and self._clock.servicing
             # Bytes still buffered by the transport go first: only an empty buffer may be
             # bypassed (and it stays empty until the batch is sent, at the end of this tick).
@@ -271,9 +262,12 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
     ``uvicorn.Config(ws=...)``."""
 
     media_registry: ClassVar[MediaRegistry]
+    _time: Callable[[], float]
     media_path: ClassVar[str] = MEDIA_WS_PATH
     _direct: DirectTransport | None = None
     _pending: bytes = b""
+    _now: float = 0.0
+    """Arrival time of the bytes websockets' parser is handling (its handlers are called back)."""
     _parser_owns: bool = False  # once bytes went to websockets' parser, it gets all later ones
     write_paused: bool = False
     """The TCP transport asked us to stop writing (``writable`` cleared); a plain attribute because
@@ -292,6 +286,16 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         if d is None or self._parser_owns:
             super().data_received(data)
             return
+        self.received(data, self._time())
+
+    def received(self, data: bytes, now: float) -> None:
+        """Bytes of the media socket that arrived at ``now`` (read by the loop or by the tick)."""
+        d = self._direct
+        assert d is not None
+        if self._parser_owns:
+            self._now = now
+            super().data_received(data)
+            return
         if (
             not self._pending
             and data[:2] == b"\x82\xfe"  # one final masked binary frame with a 16-bit length...
@@ -299,7 +303,7 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
             and 126 <= n <= _MAX_FAST_FRAME
         ):
             # What a read finds almost every time: one 20 ms audio frame (a call, every 20 ms).
-            d.deliver(apply_mask(data[8:], data[4:8]))
+            d.deliver(apply_mask(data[8:], data[4:8]), now)
             return
         buf = self._pending + data if self._pending else data
         self._pending = b""
@@ -323,6 +327,7 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
                 or (opcode == 0xA and n > 125)
             ):
                 self._parser_owns = True
+                self._now = now
                 super().data_received(buf[pos:])
                 return
             if end - head < 4 + n:
@@ -330,9 +335,9 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
             payload = apply_mask(buf[head + 4 : head + 4 + n], buf[head : head + 4])
             pos = head + 4 + n
             if opcode == 0x2:
-                d.deliver(payload)
+                d.deliver(payload, now)
             elif opcode == 0x1:
-                self._deliver_text(payload)
+                self._deliver_text(payload, now)
             else:
                 self.handle_pong(Frame(Opcode.PONG, payload))
             if self.transport.is_closing():
@@ -372,7 +377,10 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         self.conn.send_response(self.response)
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.start_keepalive()
-        self._direct = DirectTransport(self)
+        engine = self.media_registry.engine
+        self._time = engine.clock.time
+        self._direct = DirectTransport(self, engine)
+        self._direct.enroll()
         task = self.loop.create_task(self._serve(peer, event.headers.get("Authorization")))
         task.add_done_callback(self.on_task_complete)
         self.tasks.add(task)
@@ -392,7 +400,7 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._direct is None:
             super().handle_text(event)
         elif event.fin:
-            self._deliver_text(event.data)
+            self._deliver_text(event.data, self._now)
         else:
             self.curr_msg_data_type = "text"
             self.frames = [event.data]  # type: ignore[list-item]
@@ -401,7 +409,7 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._direct is None:
             super().handle_bytes(event)
         elif event.fin:
-            self._direct.deliver(bytes(event.data))
+            self._direct.deliver(bytes(event.data), self._now)
         else:
             self.curr_msg_data_type = "bytes"
             self.frames = [event.data]  # type: ignore[list-item]
@@ -416,11 +424,11 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
             data = b"".join(self.frames)
             self.frames = []
             if self.curr_msg_data_type == "text":
-                self._deliver_text(data)
+                self._deliver_text(data, self._now)
             else:
-                d.deliver(data)
+                d.deliver(data, self._now)
 
-    def _deliver_text(self, data: Any) -> None:
+    def _deliver_text(self, data: Any, now: float) -> None:
         d = self._direct
         assert d is not None
         try:
@@ -430,7 +438,7 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
             log.warning("media socket sent a text frame that is not UTF-8; closing with 1007")
             self._protocol_close(CLOSE_INVALID_DATA, "invalid UTF-8")
             return
-        d.deliver(text)
+        d.deliver(text, now)
 
     def _protocol_close(self, code: int, reason: str) -> None:
         d = self._direct

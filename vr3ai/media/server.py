@@ -41,16 +41,17 @@ import hmac
 import logging
 import os
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, WebSocket
 
-from vr3ai.media.clock import MediaClock
+from vr3ai.media.engine import MediaEngine
 from vr3ai.media.protocol import Malformed, MediaStart, detect_format, parse_event
 from vr3ai.media.session import MediaConfig, MediaFormatError, MediaSession
+from vr3ai.media.transport import Deliver, MediaTransport, pump
 
 log = logging.getLogger("vr3ai.media.server")
 
@@ -76,6 +77,14 @@ reading and further audio is dropped rather than hoarded."""
 # ------------------------------------------------------------------------------------------------
 # Transport adapter
 # ------------------------------------------------------------------------------------------------
+
+
+class AcceptedTransport(MediaTransport, Protocol):
+    """An accepted media socket before its session exists: MEDIA_START is read with ``receive``."""
+
+    async def receive(self) -> str | bytes | None:
+        """Next message; ``None`` once the socket is closed."""
+        ...
 
 
 class StarletteTransport:
@@ -137,6 +146,9 @@ class StarletteTransport:
         finally:
             self._backlog = None
             self._drainer = None
+
+    async def attach(self, deliver: Deliver, time: Callable[[], float]) -> None:
+        await pump(self.receive, deliver, time)
 
     async def receive(self) -> str | bytes | None:
         if self._closed_in:
@@ -215,7 +227,9 @@ async def _finish_started(coro: Coroutine[Any, Any, None], yielded: Any) -> None
 
 
 @dataclass
-class _Expectation:
+class Expectation:
+    """A call waiting for its media socket (see :meth:`MediaRegistry.expect`)."""
+
     channel_id: str
     future: asyncio.Future[MediaSession]
     basic_auth: tuple[str, str] | None
@@ -228,19 +242,23 @@ class MediaRegistry:
 
     The call owner registers the channel id it will pass as ``channelId`` *before* it POSTs
     externalMedia, then awaits the returned future (with its own timeout: cancelling the future,
-    e.g. through ``asyncio.wait_for``, withdraws the expectation)."""
+    e.g. through ``asyncio.wait_for``, withdraws the expectation). The media socket's side:
+    :meth:`lookup` (checks), :meth:`claim`, :meth:`started`, :meth:`ended`.
+
+    ``engine``: the process's media engine (``vr3ai.app`` makes one); without one the registry
+    makes its own."""
 
     def __init__(
         self,
         config: MediaConfig | None = None,
         *,
-        clock: MediaClock | None = None,
+        engine: MediaEngine | None = None,
         media_start_timeout: float = 2.0,
     ) -> None:
         self.config = config or MediaConfig()
-        self.clock = clock
+        self.engine = engine if engine is not None else MediaEngine()
         self.media_start_timeout = media_start_timeout
-        self._expected: dict[str, _Expectation] = {}
+        self._expected: dict[str, Expectation] = {}
         self._active: dict[str, MediaSession] = {}
 
     def expect(
@@ -262,7 +280,7 @@ class MediaRegistry:
         if channel_id in self._expected or channel_id in self._active:
             raise ValueError(f"channel id already registered: {channel_id}")
         future: asyncio.Future[MediaSession] = asyncio.get_running_loop().create_future()
-        self._expected[channel_id] = _Expectation(
+        self._expected[channel_id] = Expectation(
             channel_id,
             future,
             basic_auth,
@@ -298,18 +316,29 @@ class MediaRegistry:
         """Live sessions by channel id (read-only view; do not mutate)."""
         return self._active
 
-    def _peek(self, channel_id: str) -> _Expectation | None:
+    def lookup(self, channel_id: str) -> Expectation | None:
+        """The live expectation for ``channel_id``, left in place (a failed check must not
+        consume it: a stranger who guessed a channel id cannot knock out the real call)."""
         exp = self._expected.get(channel_id)
         if exp is not None and exp.future.done():
             del self._expected[channel_id]
             return None
         return exp
 
-    def _claim(self, channel_id: str) -> _Expectation | None:
-        exp = self._peek(channel_id)
+    def claim(self, channel_id: str) -> Expectation | None:
+        """Take the expectation for ``channel_id`` (its socket passed the checks)."""
+        exp = self.lookup(channel_id)
         if exp is not None:
             del self._expected[channel_id]
         return exp
+
+    def started(self, session: MediaSession) -> None:
+        """``session`` is live (listed in :attr:`active` until :meth:`ended`)."""
+        self._active[session.channel_id] = session
+
+    def ended(self, session: MediaSession) -> None:
+        if self._active.get(session.channel_id) is session:
+            del self._active[session.channel_id]
 
 
 def basic_auth_matches(header: str | None, expected: tuple[str, str]) -> bool:
@@ -350,7 +379,9 @@ async def handle_media_socket(websocket: WebSocket, registry: MediaRegistry) -> 
     await serve_media(StarletteTransport(websocket), registry, peer, authorization)
 
 
-async def serve_media(transport: Any, registry: MediaRegistry, peer: str, authorization: str | None) -> None:
+async def serve_media(
+    transport: AcceptedTransport, registry: MediaRegistry, peer: str, authorization: str | None
+) -> None:
     """An accepted media socket, from MEDIA_START to close, whatever carries it (ASGI or direct)."""
     try:
         first = await asyncio.wait_for(transport.receive(), registry.media_start_timeout)
@@ -375,7 +406,7 @@ async def serve_media(transport: Any, registry: MediaRegistry, peer: str, author
     assert isinstance(first, str)
     channel_id = event.channel_id
     extra = {"peer": peer, "channel_id": channel_id}
-    exp = registry._peek(channel_id)
+    exp = registry.lookup(channel_id)
     if exp is None:
         log.warning("media socket for unknown channel id; closing", extra=extra)
         await transport.close(CLOSE_POLICY_VIOLATION, "unknown channel")
@@ -387,14 +418,14 @@ async def serve_media(transport: Any, registry: MediaRegistry, peer: str, author
         )
         await transport.close(CLOSE_POLICY_VIOLATION, "unauthorized")
         return
-    registry._claim(channel_id)
+    registry.claim(channel_id)
     try:
         session = MediaSession(
             transport,
             event,
             control_format=detect_format(first),
             config=exp.config or registry.config,
-            clock=registry.clock,
+            engine=registry.engine,
             recording_path=exp.recording_path,
         )
     except MediaFormatError as exc:
@@ -403,7 +434,7 @@ async def serve_media(transport: Any, registry: MediaRegistry, peer: str, author
             exp.future.set_exception(exc)
         await transport.close(CLOSE_UNSUPPORTED_DATA, "unsupported format")
         return
-    registry._active[channel_id] = session
+    registry.started(session)
     log.info(
         "media session started",
         extra={**extra, "format": event.format, "optimal_frame_size": event.optimal_frame_size, "ptime": event.ptime},
@@ -412,8 +443,7 @@ async def serve_media(transport: Any, registry: MediaRegistry, peer: str, author
     try:
         await session.run()
     finally:
-        if registry._active.get(channel_id) is session:
-            del registry._active[channel_id]
+        registry.ended(session)
 
 
 def media_router(registry: MediaRegistry, path: str = MEDIA_WS_PATH) -> APIRouter:

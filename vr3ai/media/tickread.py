@@ -18,9 +18,12 @@ and runs its usual close path.
 
 The price is latency: a frame waits for the next tick, 10 ms on average (at most one tick), which
 is why it only starts where CPU becomes the limit. Arrival times are then known only to within the
-time since the previous read (a tick, more after a late one); :attr:`MediaClock.arrival_offset_s`
-tells sessions to use the middle of it (the play-out model re-anchors on MEDIA_MARK_PROCESSED and
-STATUS arrival times).
+time since the previous read (a tick, more after a late one): each read's bytes are handed over
+with the middle of it as their arrival time, explicitly (the play-out model re-anchors on
+MEDIA_MARK_PROCESSED and STATUS arrival times).
+
+The process's one reader belongs to its :class:`~vr3ai.media.engine.MediaEngine`, which sets the
+threshold (``MediaTuning.tick_reads_from``) and enrolls each media socket at its handshake.
 
 Only plain TCP sockets on Linux take part (TLS needs the loop's decryption; other systems have no
 ``select.epoll``).
@@ -31,7 +34,6 @@ from __future__ import annotations
 import logging
 import os
 import select
-import weakref
 from collections.abc import Callable
 from typing import Protocol
 
@@ -57,21 +59,22 @@ class TickReadable(Protocol):
 
     def resume_loop_reading(self) -> None: ...
 
-    def tick_sink(self) -> Callable[[bytes], None]:
-        """Where bytes read by the tick go: handled as the loop's ``data_received`` would."""
+    def tick_sink(self) -> Callable[[bytes, float], None]:
+        """Where bytes read by the tick go, with their estimated arrival time on the clock's time
+        base: handled as the loop's ``data_received`` would."""
         ...
 
 
 class TickReader:
-    """The tick-driven reader of one clock (see module doc). Use :meth:`for_clock`."""
+    """The tick-driven reader of one clock (see module doc). Use :meth:`create`."""
 
-    def __init__(self, clock: MediaClock) -> None:
-        # Weak: the clock owns its reader (_READERS is keyed by the clock), not the other way round.
-        self._clock = weakref.ref(clock)
-        self.threshold = 0
+    def __init__(self, clock: MediaClock, threshold: int = 16) -> None:
+        self._clock = clock
+        self.threshold = threshold
+        """From this many enrolled sockets on, the tick reads them (below half, the loop again)."""
         self._members: dict[int, TickReadable] = {}
         """Enrolled sockets by id(); read by the tick only while :attr:`active`."""
-        self._fds: dict[int, tuple[TickReadable, Callable[[bytes], None]]] = {}
+        self._fds: dict[int, tuple[TickReadable, Callable[[bytes, float], None]]] = {}
         """Sockets in our epoll and their :meth:`~TickReadable.tick_sink`, by fd."""
         self._fd_of: dict[int, int] = {}
         """id() of a socket in our epoll -> its fd."""
@@ -83,27 +86,20 @@ class TickReader:
         self._hooked = False
 
     @classmethod
-    def for_clock(cls, clock: MediaClock) -> TickReader | None:
-        """The clock's reader; None where tick reads are not possible (no epoll)."""
+    def create(cls, clock: MediaClock, threshold: int) -> TickReader | None:
+        """A reader for ``clock``; None where tick reads are not possible (no epoll)."""
         if not hasattr(select, "epoll"):
             return None
-        reader = _READERS.get(clock)
-        if reader is None:
-            reader = _READERS[clock] = cls(clock)
-        return reader
+        return cls(clock, threshold)
 
     def __len__(self) -> int:
         return len(self._members)
 
-    def enroll(self, sock: TickReadable, threshold: int) -> None:
-        """``sock`` carries a live media session; ``threshold`` (>0) sockets start tick reads."""
-        if threshold <= 0:
-            return
-        self.threshold = threshold
+    def enroll(self, sock: TickReadable) -> None:
+        """``sock`` carries a live media session; from :attr:`threshold` sockets on, ticks read them."""
         self._members[id(sock)] = sock
-        clock = self._clock()
-        if not self._hooked and clock is not None:
-            clock.add_hook(self._after_tick)
+        if not self._hooked:
+            self._clock.add_hook(self._after_tick)
             self._hooked = True
         if self.active:
             self._start(sock)
@@ -114,9 +110,7 @@ class TickReader:
             return
         self._stop(sock)
         if not self._members and self._hooked:
-            clock = self._clock()
-            if clock is not None:
-                clock.remove_hook(self._after_tick)
+            self._clock.remove_hook(self._after_tick)
             self._hooked = False
             self._set_active(False)
 
@@ -128,12 +122,14 @@ class TickReader:
         elif self.active and n < max(1, self.threshold // 2):
             self._set_active(False)
         if self.active and self._fds:
-            self._poll()
+            self.poll()
 
-    def _poll(self) -> None:
+    def poll(self) -> None:
+        """Read every readable enrolled socket once (the clock's tick calls this while active)."""
         ep = self._ep
-        clock = self._clock()
-        assert ep is not None and clock is not None  # the clock's own tick calls this
+        clock = self._clock
+        if ep is None:
+            return  # not active: the loop reads the sockets
         # What is read now arrived since the last read, on average half that time ago: a tick
         # normally, more after a late one. (A fixed half tick made a late tick's events look up to
         # a tick later than they were: the play-out model then re-anchored later and let
@@ -141,31 +137,28 @@ class TickReader:
         now = clock.time()
         last, self._last_poll = self._last_poll, now
         since = clock.tick_s if last is None else min(max(now - last, 0.0), _MAX_READ_INTERVAL_S)
-        clock.arrival_offset_s = since / 2
+        arrived_at = now - since / 2
         fds = self._fds
-        try:
-            for fd, _events in ep.poll(0):
-                member = fds.get(fd)
-                if member is None:
-                    continue
-                try:
-                    data = os.read(fd, _READ_SIZE)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""
-                if not data:
-                    # EOF or an error: the loop reads it again and runs its close path.
-                    self._stop(member[0])
-                    continue
-                self.reads += 1
-                try:
-                    member[1](data)
-                except Exception:
-                    log.exception("media socket failed on data read by the clock")
-                # A full read may have left more: epoll reports the socket again on the next tick.
-        finally:
-            clock.arrival_offset_s = 0.0
+        for fd, _events in ep.poll(0):
+            member = fds.get(fd)
+            if member is None:
+                continue
+            try:
+                data = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                # EOF or an error: the loop reads it again and runs its close path.
+                self._stop(member[0])
+                continue
+            self.reads += 1
+            try:
+                member[1](data, arrived_at)
+            except Exception:
+                log.exception("media socket failed on data read by the clock")
+            # A full read may have left more: epoll reports the socket again on the next tick.
 
     # ---------------------------------------------------------------- membership
     def _set_active(self, on: bool) -> None:
@@ -218,5 +211,7 @@ class TickReader:
                     pass  # already closed: epoll dropped it with the socket
         sock.resume_loop_reading()
 
-
-_READERS: weakref.WeakKeyDictionary[MediaClock, TickReader] = weakref.WeakKeyDictionary()
+    def close(self) -> None:
+        """Hand every socket back to the loop and stop reading (the engine is closing)."""
+        for sock in list(self._members.values()):
+            self.release(sock)

@@ -262,19 +262,21 @@ class RingWritable(Protocol):
 
 class SendBatch:
     """Collects the media frames sessions send while the clock services them and sends them with
-    one :meth:`SendRing.send_all` right after (see module doc). Use :meth:`for_clock`.
+    one :meth:`SendRing.send_all` right after (see module doc). Use :meth:`create`; the process's
+    one batch belongs to its :class:`~vr3ai.media.engine.MediaEngine`.
 
     A socket joins a batch only while the event loop's transport has nothing buffered for it
     (the caller checks), so the batch's bytes go out in order behind everything written before."""
 
     def __init__(self, clock: MediaClock, ring: SendRing) -> None:
-        # Weak: the clock owns its batch (_BATCHES is keyed by the clock), not the other way round.
-        self._clock = weakref.ref(clock)
+        self._clock = clock
         self._ring = ring
         self._socks: list[RingWritable] = []
         self._datas: list[bytes] = []
         self.enabled = True
-        """False: sockets write frame by frame (A/B benchmarks switch this at run time)."""
+        """False: sockets write frame by frame (``MediaEngine.retune`` switches this at run time)."""
+        self.trusted = True
+        """False once a send never completed: the ring is not used again."""
         self.flushes = 0
         self.ring_sends = 0
         self.short_sends = 0
@@ -282,16 +284,14 @@ class SendBatch:
         """Buffers of sends the kernel never completed: it may still read them."""
 
     @classmethod
-    def for_clock(cls, clock: MediaClock) -> SendBatch | None:
-        """The clock's batch, made on first use; None where io_uring cannot be used."""
-        batch = _BATCHES.get(clock)
-        if batch is None and clock not in _NO_RING:
-            ring = SendRing.create()
-            if ring is None:
-                _NO_RING.add(clock)
-                return None
-            batch = _BATCHES[clock] = cls(clock, ring)
-            clock.add_hook(batch.flush, first=True)
+    def create(cls, clock: MediaClock) -> SendBatch | None:
+        """A batch sent right after each of ``clock``'s ticks (before the other hooks); None where
+        io_uring cannot be used."""
+        ring = SendRing.create()
+        if ring is None:
+            return None
+        batch = cls(clock, ring)
+        clock.add_hook(batch.flush, first=True)
         return batch
 
     def add(self, sock: RingWritable, data: bytes) -> None:
@@ -332,7 +332,7 @@ class SendBatch:
                 # Never seen: sends with MSG_DONTWAIT complete inside io_uring_enter. If one does
                 # not, the ring is not trusted again, and the calls whose sends are in doubt end.
                 self._stuck.append(chunk)  # the kernel may still read these buffers
-                self.enabled = False
+                self.enabled = self.trusted = False
                 log.error(
                     "io_uring sends did not complete: media frames are written one by one from now "
                     "on; ending the calls whose stream order is unknown",
@@ -349,12 +349,5 @@ class SendBatch:
 
     def close(self) -> None:
         self.flush()
-        clock = self._clock()
-        if clock is not None:
-            clock.remove_hook(self.flush)
-            _BATCHES.pop(clock, None)
+        self._clock.remove_hook(self.flush)
         self._ring.close()
-
-
-_BATCHES: weakref.WeakKeyDictionary[MediaClock, SendBatch] = weakref.WeakKeyDictionary()
-_NO_RING: weakref.WeakSet[MediaClock] = weakref.WeakSet()

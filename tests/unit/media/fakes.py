@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vr3ai.media.clock import MediaClock
+from vr3ai.media.engine import MediaEngine, MediaTuning
 from vr3ai.media.protocol import ControlFormat, MediaStart, format_event, parse_command
 from vr3ai.media.session import MediaConfig, MediaSession
+from vr3ai.media.transport import Deliver, pump
 
 
 class VirtualTime:
@@ -46,6 +49,9 @@ class FakeTransport:
 
     async def receive(self) -> str | bytes | None:
         return await self.inbox.get()
+
+    async def attach(self, deliver: Deliver, time: Callable[[], float]) -> None:
+        await pump(self.receive, deliver, time)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self.closed_with is None:
@@ -98,16 +104,18 @@ class Rig:
         frame: int = 160,
         control_format: ControlFormat = ControlFormat.PLAIN,
         recording_path: str | None = None,
+        tuning: MediaTuning | None = None,
     ) -> None:
         self.time = VirtualTime()
         self.clock = MediaClock(time_fn=self.time, autostart=False)
+        self.engine = MediaEngine(tuning, clock=self.clock)
         self.transport = FakeTransport(self.time)
         self.session = MediaSession(
             self.transport,
             media_start(fmt=fmt, frame=frame),
             control_format=control_format,
             config=config or MediaConfig(status_interval_s=0),
-            clock=self.clock,
+            engine=self.engine,
             recording_path=recording_path,
         )
         self.control_format = control_format

@@ -6,7 +6,11 @@ import asyncio
 import itertools
 import time
 
-from vr3ai.media.clock import MediaClock, shared_clock
+from vr3ai.media.clock import MediaClock
+from vr3ai.media.engine import MediaEngine
+from vr3ai.media.session import MediaSession
+
+from .fakes import FakeTransport, VirtualTime, media_start
 
 
 class Recorder:
@@ -67,8 +71,19 @@ async def test_broken_session_does_not_stop_the_others() -> None:
     assert clock.service_errors == len(bad.calls) >= 2
 
 
-async def test_shared_clock_is_per_loop_singleton() -> None:
-    assert shared_clock() is shared_clock()
+async def test_the_sessions_of_one_engine_share_its_clock() -> None:
+    """One clock per process: the engine's (there is no module-level clock any more)."""
+    time = VirtualTime()
+    engine = MediaEngine(clock=MediaClock(time_fn=time, autostart=False))
+    transports = [FakeTransport(time) for _ in range(2)]
+    sessions = [MediaSession(t, media_start(f"c{i}"), engine=engine) for i, t in enumerate(transports)]
+    readers = [asyncio.ensure_future(s.run()) for s in sessions]
+    await asyncio.sleep(0)
+    assert len(engine.clock) == 2
+    for t in transports:
+        t.remote_close()
+    await asyncio.gather(*readers)
+    assert len(engine.clock) == 0
 
 
 def test_manual_clock_with_virtual_time() -> None:

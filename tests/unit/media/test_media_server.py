@@ -23,9 +23,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from vr3ai.media.clock import shared_clock
 from vr3ai.media.codec import pcm16_to_ulaw, ulaw_to_pcm16
 from vr3ai.media.direct import DirectTransport, media_ws_protocol
+from vr3ai.media.engine import MediaEngine, MediaTuning
 from vr3ai.media.interface import CallEnded, Dtmf, MarkHeard
 from vr3ai.media.protocol import ControlFormat, DtmfEnd, MediaStart, format_event
 from vr3ai.media.server import (
@@ -37,7 +37,7 @@ from vr3ai.media.server import (
 )
 from vr3ai.media.session import MediaConfig, MediaFormatError, MediaSession
 from vr3ai.media.tickread import TickReader
-from vr3ai.media.uring import SendBatch, SendRing
+from vr3ai.media.uring import SendRing
 
 USER, PASSWORD = "vr3ai-media", "media-secret"
 AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
@@ -569,8 +569,8 @@ async def test_invalid_upgrade_on_the_media_path_gets_websockets_refusal() -> No
 # ------------------------------------------------------------------------------------------------ tick reads
 
 
-def _tick_reader() -> TickReader:
-    reader = TickReader.for_clock(shared_clock())
+def _tick_reader(registry: MediaRegistry) -> TickReader:
+    reader = registry.engine.tick_reader
     assert reader is not None
     return reader
 
@@ -590,7 +590,7 @@ async def _ticked_call(
     reader, writer = await raw_upgrade(port, f"tick-{cid}".encode()[:16].ljust(16, b"k"))
     writer.write(_masked(0x1, media_start_text(cid).encode()))
     session = await asyncio.wait_for(fut, 5)
-    tr = _tick_reader()
+    tr = _tick_reader(registry)
     await _wait_for(lambda: tr.active)
     return session, reader, writer, tr
 
@@ -599,7 +599,7 @@ async def test_tick_reads_carry_a_whole_call_and_hand_the_close_back() -> None:
     """Above the threshold the clock reads the socket (no loop wake-up per frame): frames split
     across reads and batched in one read, text events, and the peer's close all arrive exactly
     as through the loop, and the socket goes back to the loop for its close handshake."""
-    registry = MediaRegistry(MediaConfig(status_interval_s=0, tick_reads_from=1))
+    registry = MediaRegistry(MediaConfig(status_interval_s=0), engine=MediaEngine(MediaTuning(tick_reads_from=1)))
     async with serve(registry) as url:
         session, reader, writer, tr = await _ticked_call(url, registry, "ticked")
         got: list[bytes] = []
@@ -634,7 +634,7 @@ async def test_tick_reads_carry_a_whole_call_and_hand_the_close_back() -> None:
 
 
 async def test_tick_reads_peer_vanishing_is_seen_through_the_loop() -> None:
-    registry = MediaRegistry(MediaConfig(status_interval_s=0, tick_reads_from=1))
+    registry = MediaRegistry(MediaConfig(status_interval_s=0), engine=MediaEngine(MediaTuning(tick_reads_from=1)))
     async with serve(registry) as url:
         session, _reader, writer, tr = await _ticked_call(url, registry, "vanish")
         writer.write(_masked(0x2, b"\xff" * 160))
@@ -646,7 +646,7 @@ async def test_tick_reads_peer_vanishing_is_seen_through_the_loop() -> None:
 
 
 async def test_tick_reads_start_at_the_threshold_and_stop_below_half() -> None:
-    registry = MediaRegistry(MediaConfig(status_interval_s=0, tick_reads_from=4))
+    registry = MediaRegistry(MediaConfig(status_interval_s=0), engine=MediaEngine(MediaTuning(tick_reads_from=4)))
     async with serve(registry) as url:
         port = int(url.split(":")[2].split("/")[0])
         conns = []
@@ -657,7 +657,7 @@ async def test_tick_reads_start_at_the_threshold_and_stop_below_half() -> None:
             w.write(_masked(0x1, media_start_text(f"n{i}").encode()))
             sessions.append(await asyncio.wait_for(fut, 5))
             conns.append((r, w))
-            tr = _tick_reader()
+            tr = _tick_reader(registry)
             await asyncio.sleep(0.05)
             assert tr.active == (i == 3)
         got: list[bytes] = []
@@ -705,14 +705,16 @@ async def test_ring_sends_keep_audio_and_marks_whole_and_in_order_through_a_full
     and the socket fills up, what a send did not take is buffered by the loop's transport, later
     frames queue behind it, and once Asterisk reads again the stream is whole and in order:
     every byte of agent audio once, the mark right after the audio's last frame."""
-    registry = MediaRegistry(MediaConfig(status_interval_s=0, tick_reads_from=0, ring_sends=True))
+    registry = MediaRegistry(
+        MediaConfig(status_interval_s=0), engine=MediaEngine(MediaTuning(tick_reads_from=0, ring_sends=True))
+    )
     async with serve(registry) as url:
         port = int(url.split(":")[2].split("/")[0])
         fut = registry.expect("ring")
         reader, writer = await raw_upgrade(port, b"ring-sends-test!", rcvbuf=2048)
         writer.write(_masked(0x1, media_start_text("ring").encode()))
         session = await asyncio.wait_for(fut, 5)
-        batch = SendBatch.for_clock(shared_clock())
+        batch = registry.engine.send_batch
         assert batch is not None
         tr = session._transport
         assert isinstance(tr, DirectTransport) and tr.ring_fd >= 0
@@ -725,7 +727,7 @@ async def test_ring_sends_keep_audio_and_marks_whole_and_in_order_through_a_full
         await _wait_for(lambda: batch.short_sends > short0 and tr._tcp.get_write_buffer_size() > 0, 10)
         # While the transport still holds bytes, what a tick sends queues behind them: through the
         # ring it could overtake them the moment the socket has room again.
-        clock, held = shared_clock(), tr._tcp.get_write_buffer_size()
+        clock, held = registry.engine.clock, tr._tcp.get_write_buffer_size()
         clock.servicing = True
         try:
             tr.send_bytes(b"\xff" * 160)  # as a session's service() would (silence: not in the check)
@@ -760,14 +762,12 @@ async def test_ring_sends_keep_audio_and_marks_whole_and_in_order_through_a_full
 async def test_without_io_uring_frames_are_written_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the kernel refuses rings the same call works through the transport's writes."""
     monkeypatch.setattr(SendRing, "create", classmethod(lambda cls, entries=256: None))
-    monkeypatch.setattr("vr3ai.media.uring._BATCHES", __import__("weakref").WeakKeyDictionary())
-    monkeypatch.setattr("vr3ai.media.uring._NO_RING", __import__("weakref").WeakSet())
-    registry = MediaRegistry(MediaConfig(status_interval_s=0, ring_sends=True))
+    registry = MediaRegistry(MediaConfig(status_interval_s=0), engine=MediaEngine(MediaTuning(ring_sends=True)))
     async with serve(registry) as url, asterisk(url, auth=None) as ws:
         fut = registry.expect("noring")
         await ws.send(media_start_text("noring"))
         session = await asyncio.wait_for(fut, 3)
-        assert SendBatch.for_clock(shared_clock()) is None
+        assert registry.engine.send_batch is None
         session.play(b"\x10\x00" * 1600, mark="m")
         got = await recv_until(ws, lambda m: isinstance(m, str) and m.startswith("MARK_MEDIA"))
         frames = [m[k : k + 160] for m in got if isinstance(m, bytes) for k in range(0, len(m), 160)]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from vr3ai.media.codec import pcm16_to_ulaw, ulaw_to_pcm16
+from vr3ai.media.engine import MediaTuning
 from vr3ai.media.interface import CallAudio, CallEnded, Dtmf, HeardPosition, MarkHeard, PushedFrames
 from vr3ai.media.protocol import (
     ControlFormat,
@@ -663,7 +664,7 @@ async def test_ptime_zero_falls_back_to_frame_size() -> None:
     s = MediaSession(
         FakeTransport(time), media_start(frame=240, ptime=0), clock=MediaClock(time_fn=time, autostart=False)
     )
-    assert s._frame_s == pytest.approx(0.03)
+    assert s.frame_s == pytest.approx(0.03)
 
 
 async def test_get_status_fails_cleanly_when_the_session_ends() -> None:
@@ -772,8 +773,8 @@ async def test_paired_sends_halve_the_messages_keep_the_lowest_lead_and_real_tim
     """From ``paired_sends_from`` sessions on the clock, the queue is refilled two frames at a time
     every other tick: half the messages, never less lead at a tick than one frame at a time
     (target less a frame), real-time rate, and speech still starts at once (fast start)."""
-    cfg = MediaConfig(status_interval_s=0, target_lead_ms=60, paired_sends_from=1)
-    rig = Rig(cfg)
+    cfg = MediaConfig(status_interval_s=0, target_lead_ms=60)
+    rig = Rig(cfg, tuning=MediaTuning(paired_sends_from=1))
     await rig.start()
     leads = []
     for _ in range(100):
@@ -802,7 +803,7 @@ async def test_paired_sends_halve_the_messages_keep_the_lowest_lead_and_real_tim
 
 
 async def test_paired_sends_only_from_the_threshold() -> None:
-    rig = Rig(MediaConfig(status_interval_s=0, paired_sends_from=2))  # one session on this clock
+    rig = Rig(MediaConfig(status_interval_s=0), tuning=MediaTuning(paired_sends_from=2))  # one session on this clock
     await rig.start()
     rig.advance(400)
     assert all(len(m.data) == 160 for m in rig.transport.messages()[1:])

@@ -34,11 +34,12 @@ class Sock:
     def resume_loop_reading(self) -> None:
         self.loop_reading = True
 
-    def tick_sink(self) -> Callable[[bytes], None]:
+    def tick_sink(self) -> Callable[[bytes, float], None]:
         return self.on_data
 
-    def on_data(self, data: bytes) -> None:
-        self.got.append((data, self.clock.arrival_offset_s))
+    def on_data(self, data: bytes, arrived_at: float) -> None:
+        # Recorded as how long before the read it arrived (the offset the estimate applies).
+        self.got.append((data, self.clock.time() - arrived_at))
 
     def close(self) -> None:
         self.ours.close()
@@ -59,16 +60,15 @@ def socks(clock: MediaClock) -> Iterator[list[Sock]]:
 
 
 async def test_reads_once_after_each_tick(clock: MediaClock, socks: list[Sock]) -> None:
-    reader = TickReader.for_clock(clock)
-    assert reader is not None and TickReader.for_clock(clock) is reader
+    reader = TickReader.create(clock, 1)
+    assert reader is not None
     a = socks[0]
-    reader.enroll(a, 1)
+    reader.enroll(a)
     assert not reader.active and a.loop_reading  # nothing changes until the clock ticks
     a.peer.send(b"one")
     clock.tick()
     assert reader.active and not a.loop_reading and a.pauses == 1
     assert a.got == [(b"one", clock.tick_s / 2)]  # arrival: the middle of the last tick
-    assert clock.arrival_offset_s == 0.0  # only while delivering
     a.peer.send(b"two")
     await asyncio.sleep(clock.tick_s * 2)
     assert len(a.got) == 1  # neither the loop nor a timer reads it: the next tick does
@@ -85,9 +85,9 @@ async def test_arrival_is_estimated_from_the_time_since_the_last_read() -> None:
     play-out model then re-anchored later and let Asterisk's queue run dry)."""
     t = [100.0]
     clock = MediaClock(time_fn=lambda: t[0], autostart=False)
-    reader = TickReader(clock)
+    reader = TickReader(clock, 1)
     a = Sock(clock)
-    reader.enroll(a, 1)
+    reader.enroll(a)
     offsets = []
     for step in (0.0, 0.020, 0.020, 0.050, 0.020, 3.0):
         t[0] += step
@@ -96,7 +96,7 @@ async def test_arrival_is_estimated_from_the_time_since_the_last_read() -> None:
         offsets.append(a.got[-1][1])
     assert offsets == pytest.approx([0.010, 0.010, 0.010, 0.025, 0.010, 0.25])  # the last: bounded
     reader.release(a)  # below the threshold: the loop reads again...
-    reader.enroll(a, 1)
+    reader.enroll(a)
     t[0] += 0.020
     a.peer.send(b"y")
     clock.tick()  # ...and the first read after that has no previous read to go by
@@ -106,13 +106,13 @@ async def test_arrival_is_estimated_from_the_time_since_the_last_read() -> None:
 
 
 async def test_threshold_and_hysteresis(clock: MediaClock, socks: list[Sock]) -> None:
-    reader = TickReader(clock)
+    reader = TickReader(clock, 4)
     a, b, c, d = socks
     for s in (a, b, c):
-        reader.enroll(s, 4)
+        reader.enroll(s)
     clock.tick()
     assert not reader.active and a.loop_reading
-    reader.enroll(d, 4)
+    reader.enroll(d)
     clock.tick()
     assert reader.active and not any(s.loop_reading for s in socks)
     reader.release(d)
@@ -127,10 +127,10 @@ async def test_threshold_and_hysteresis(clock: MediaClock, socks: list[Sock]) ->
 
 
 async def test_end_of_stream_goes_back_to_the_loop(clock: MediaClock, socks: list[Sock]) -> None:
-    reader = TickReader(clock)
+    reader = TickReader(clock, 1)
     a, b = socks[:2]
-    reader.enroll(a, 1)
-    reader.enroll(b, 1)
+    reader.enroll(a)
+    reader.enroll(b)
     clock.tick()
     a.peer.send(b"last words")
     a.peer.close()
@@ -147,10 +147,10 @@ async def test_end_of_stream_goes_back_to_the_loop(clock: MediaClock, socks: lis
 
 
 async def test_a_closed_socket_is_skipped(clock: MediaClock, socks: list[Sock]) -> None:
-    reader = TickReader(clock)
+    reader = TickReader(clock, 1)
     a = socks[0]
     a.ours.close()  # tick_fd() is None: e.g. a transport that is already closing
-    reader.enroll(a, 1)
+    reader.enroll(a)
     clock.tick()
     assert reader.active and a.loop_reading and a.pauses == 0
     reader.release(a)

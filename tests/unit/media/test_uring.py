@@ -128,8 +128,8 @@ class Sock:
 
 def test_batch_sends_everything_collected_in_one_submission(pairs: list) -> None:
     clock = MediaClock(time_fn=lambda: 0.0, autostart=False)
-    batch = SendBatch.for_clock(clock)
-    assert batch is not None and SendBatch.for_clock(clock) is batch
+    batch = SendBatch.create(clock)
+    assert batch is not None
     socks = [Sock(ours) for ours, _ in pairs]
     for i, s in enumerate(socks):
         batch.add(s, b"audio%d;" % i)
@@ -148,7 +148,7 @@ def test_batch_sends_everything_collected_in_one_submission(pairs: list) -> None
 
 def test_batch_larger_than_the_ring_goes_in_chunks() -> None:
     clock = MediaClock(time_fn=lambda: 0.0, autostart=False)
-    batch = SendBatch.for_clock(clock)
+    batch = SendBatch.create(clock)
     assert batch is not None
     made = [socket.socketpair() for _ in range(batch._ring.entries + 40)]
     try:
@@ -167,7 +167,7 @@ def test_batch_larger_than_the_ring_goes_in_chunks() -> None:
 
 def test_what_a_full_socket_did_not_take_goes_to_the_transport_in_order() -> None:
     clock = MediaClock(time_fn=lambda: 0.0, autostart=False)
-    batch = SendBatch.for_clock(clock)
+    batch = SendBatch.create(clock)
     assert batch is not None
     ours, peer = socket.socketpair()
     ours.setblocking(False)
@@ -191,23 +191,23 @@ def test_what_a_full_socket_did_not_take_goes_to_the_transport_in_order() -> Non
         peer.close()
 
 
-def test_a_clock_that_is_gone_takes_its_ring_and_reader_with_it() -> None:
-    """Every event loop has its own clock (tests make hundreds): its ring, tick reader and their
-    file descriptors must not outlive it."""
+def test_an_engine_that_is_gone_takes_its_ring_and_reader_with_it() -> None:
+    """Tests make hundreds of media engines: an engine's ring, tick reader and their file
+    descriptors must not outlive it."""
     import gc
 
-    from vr3ai.media import tickread, uring
+    from vr3ai.media.engine import MediaEngine
     from vr3ai.media.tickread import TickReader
 
     gc.collect()  # what earlier tests left for the collector
     open_fds = len(os.listdir("/proc/self/fd"))
-    batches, readers = len(uring._BATCHES), len(tickread._READERS)
     for _ in range(5):
-        clock = MediaClock(time_fn=lambda: 0.0, autostart=False)
-        assert SendBatch.for_clock(clock) is not None and TickReader.for_clock(clock) is not None
-        del clock
+        engine = MediaEngine(clock=MediaClock(time_fn=lambda: 0.0, autostart=False))
+        engine.send_batch = SendBatch.create(engine.clock)
+        engine.tick_reader = TickReader.create(engine.clock, 1)
+        assert engine.send_batch is not None and engine.tick_reader is not None
+        del engine
     gc.collect()
-    assert len(uring._BATCHES) == batches and len(tickread._READERS) == readers
     assert len(os.listdir("/proc/self/fd")) == open_fds
 
 
