@@ -23,10 +23,9 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.unit.media.test_media_server import media_start_text, raw_upgrade
 from tests.unit.media.test_media_server import serve as serve_media
-from vr3ai.media.clock import shared_clock
+from vr3ai.media.engine import MediaEngine, MediaTuning
 from vr3ai.media.server import MAX_MEDIA_MESSAGE_BYTES, MediaRegistry
 from vr3ai.media.session import MediaConfig
-from vr3ai.media.tickread import TickReader
 from vr3ai.telephony.ari.events import AriEventStream, ConnectionState
 
 KEY = b"\x5a\x01\xf0\x3c"
@@ -87,7 +86,8 @@ OVERSIZED = {
 @pytest.mark.parametrize("kind", sorted(OVERSIZED))
 async def test_media_message_above_64k_closes_1009(path: str, kind: str) -> None:
     ticked = path == "direct+tick-reads"
-    registry = MediaRegistry(MediaConfig(status_interval_s=0, tick_reads_from=1 if ticked else 0))
+    engine = MediaEngine(MediaTuning(tick_reads_from=1 if ticked else 0))
+    registry = MediaRegistry(MediaConfig(status_interval_s=0), engine=engine)
     # The servers here run with uvicorn's default 16 MiB ws_max_size: the cap must not depend on it.
     async with serve_media(registry, "direct" if path.startswith("direct") else "websockets-sansio") as url:
         port = int(url.split(":")[2].split("/")[0])
@@ -99,7 +99,7 @@ async def test_media_message_above_64k_closes_1009(path: str, kind: str) -> None
         got: list[bytes] = []
         listening = asyncio.ensure_future(session.listen(got.append))
         if ticked:
-            reader_of_clock = TickReader.for_clock(shared_clock())
+            reader_of_clock = engine.tick_reader
             assert reader_of_clock is not None
             async with asyncio.timeout(3):
                 while not reader_of_clock.active:  # noqa: ASYNC110 - server state, no event to await
