@@ -2,7 +2,9 @@
 
 ARI and media passwords and organization secrets are encrypted with Fernet (AES-128-CBC + HMAC)
 under a key from ``VR3AI_SECRET_KEY`` or, by default, a key generated once into
-``<data dir>/secret.key`` (mode 0600). Every value we decrypt is registered with the log redactor.
+``<data dir>/secret.key`` (mode 0600). Nothing here feeds a process-wide log redactor: the object
+that uses a decrypted value builds its own :class:`vr3ai.logs.Redactor` from it (see ``vr3ai.logs``
+for why one shared set of every tenant's values was an oracle and a cost that grew with them).
 
 Why the key handling looks like this:
 
@@ -40,8 +42,6 @@ from functools import lru_cache
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-
-from vr3ai.logs import register_secret
 
 API_KEY_PREFIX = "vr3_"
 SECRET_KEY_FILE = "secret.key"
@@ -147,7 +147,6 @@ class SecretBox:
         return cls(keys[0], [*keys[1:], *previous])
 
     def encrypt(self, value: str) -> str:
-        register_secret(value)
         return self._fernet.encrypt(value.encode()).decode()
 
     def decrypt(self, token: str) -> str:
@@ -155,7 +154,6 @@ class SecretBox:
             value = self._fernet.decrypt(token.encode()).decode()
         except InvalidToken as e:
             raise ValueError("stored secret cannot be decrypted with the current secret key") from e
-        register_secret(value)
         return value
 
     def is_current(self, token: str) -> bool:
@@ -176,7 +174,6 @@ class SecretBox:
 
 def new_api_key() -> str:
     key = API_KEY_PREFIX + pysecrets.token_urlsafe(32)
-    register_secret(key)
     return key
 
 

@@ -17,6 +17,8 @@ from vr3ai.web.auth import set_flash
 from vr3ai.web.render import PageNotFound
 
 M = TypeVar("M")
+TEXT_MAX = 500
+"""Longest status text a page shows."""
 
 
 async def owned(s: AsyncSession, model: type[M], object_id: str, org_id: str, what: str) -> M:
@@ -65,8 +67,9 @@ def describe_ari(ari: dict[str, Any] | None) -> dict[str, Any]:
         "label": label,
         "tone": tone,
         "since": ari.get("since"),
-        # Second line of defence, as in the logs: no registered secret reaches a page.
-        "last_error": redact(str(error)) if error else "",
+        # Our own texts (the listener never quotes a server's answer; AriConnection.status() already
+        # redacted its own passwords); the generic patterns and the cap are the last line.
+        "last_error": redact(str(error))[:TEXT_MAX] if error else "",
         "asterisk_version": ari.get("asterisk_version"),
     }
 
@@ -84,7 +87,7 @@ async def live_status(svc: Services, config_id: str) -> dict[str, Any]:
         {
             "at": str(e.get("at") or ""),
             "level": str(e.get("level") or "info"),
-            "message": redact(str(e.get("message") or "")),
+            "message": redact(str(e.get("message") or ""))[:TEXT_MAX],
         }
         for e in (status.get("recent_events") or [])
         if isinstance(e, dict)

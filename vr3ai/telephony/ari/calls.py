@@ -30,6 +30,7 @@ from vr3ai.agent.base import Agent, CallContext, RunReport
 from vr3ai.core.quota import QuotaExceeded
 from vr3ai.core.runs import RunOutcome
 from vr3ai.db.models import OrganizationSecret, PhoneNumber, Workflow, new_id
+from vr3ai.logs import RedactingLogger
 from vr3ai.telephony.ari.client import AriError
 
 if TYPE_CHECKING:
@@ -88,6 +89,9 @@ class Call:
         run_id: str | None = None,
     ) -> None:
         self.conn = conn
+        # Lines of this call are redacted with its configuration's passwords (and, once the workflow is
+        # known, its organization secrets): never with another tenant's values.
+        self.log = RedactingLogger(log, conn.redactor)
         self.direction = direction
         self.run_id = run_id or new_id()
         self.channel: dict[str, Any] = channel or {}
@@ -182,7 +186,7 @@ class Call:
             outcome = RunOutcome(status="failed", end_reason="call aborted: VR3 AI is shutting down")
             raise
         except Exception as e:
-            log.exception("inbound call failed", extra=self._log_extra())
+            self.log.exception("inbound call failed", extra=self._log_extra())
             outcome = RunOutcome(status="failed", end_reason=f"internal error: {type(e).__name__}")
         finally:
             await asyncio.shield(self._teardown(outcome, hangup_reason))
@@ -199,7 +203,7 @@ class Call:
             )
             if number is None:
                 msg = f"no matching phone number registered for config {cfg.id} (called extension '{exten}')"
-                log.warning(msg, extra=self._log_extra(called_number=exten))
+                self.log.warning(msg, extra=self._log_extra(called_number=exten))
                 conn.record_event("warning", msg)
                 raise CallFailed(msg, hangup_reason="unallocated")
             if number.inbound_workflow_id is None:
@@ -207,7 +211,7 @@ class Call:
                     f"phone number '{exten}' of config {cfg.id} has no inbound_workflow_id assigned: "
                     "set its Inbound workflow in the Phone numbers section"
                 )
-                log.warning(msg, extra=self._log_extra(called_number=exten))
+                self.log.warning(msg, extra=self._log_extra(called_number=exten))
                 conn.record_event("warning", msg)
                 raise CallFailed(msg, hangup_reason="unallocated")
             workflow = await s.get(Workflow, number.inbound_workflow_id)
@@ -216,7 +220,7 @@ class Call:
                 f"phone number '{exten}' of config {cfg.id} points to a workflow that does not exist in this "
                 "configuration's organization; call refused"
             )
-            log.error(msg, extra=self._log_extra(called_number=exten))
+            self.log.error(msg, extra=self._log_extra(called_number=exten))
             conn.record_event("error", msg)
             raise CallFailed(msg, hangup_reason="rejected")
         return workflow
@@ -248,7 +252,7 @@ class Call:
             )
         except QuotaExceeded as e:
             msg = f"call to '{called}' refused: {e.reason}"
-            log.warning(msg, extra=self._log_extra(called_number=called))
+            self.log.warning(msg, extra=self._log_extra(called_number=called))
             conn.record_event("warning", msg)
             await conn.services.runs.create_refused(
                 organization_id=workflow.organization_id,
@@ -310,7 +314,7 @@ class Call:
             outcome = RunOutcome(status="failed", end_reason="call aborted: VR3 AI is shutting down")
             raise
         except Exception as e:
-            log.exception("outbound call failed", extra=self._log_extra())
+            self.log.exception("outbound call failed", extra=self._log_extra())
             outcome = RunOutcome(status="failed", end_reason=f"internal error: {type(e).__name__}")
         finally:
             await asyncio.shield(self._teardown(outcome, "normal"))
@@ -345,9 +349,9 @@ class Call:
                     app=cfg.stasis_app_name, channel_id=self.media_id, external_host=cfg.websocket_client_name
                 )
             except AriError as e:
-                if e.status == 400 and "external_host" in e.message:
+                if e.status == 400 and "external_host" in e.remote:
                     raise CallFailed(
-                        f"Asterisk has no websocket_client named '{cfg.websocket_client_name}': {e.message} "
+                        f"Asterisk has no websocket_client named '{cfg.websocket_client_name}' (HTTP 400). "
                         "Check websocket_client.conf and the WebSocket Client Name of this configuration "
                         "(then: module reload res_websocket_client.so)."
                     ) from None
@@ -367,7 +371,7 @@ class Call:
                 try:
                     await running
                 except Exception:
-                    log.exception("could not mark the run running", extra=self._log_extra())
+                    self.log.exception("could not mark the run running", extra=self._log_extra())
         finally:
             if not media_future.done():
                 conn.services.media.cancel(self.media_id)
@@ -459,7 +463,7 @@ class Call:
         elif self.end_requested.done():
             reason, status = self.end_requested.result()
         elif agent_exc is not None:
-            log.error("agent failed", exc_info=agent_exc, extra=self._log_extra())
+            self.log.error("agent failed", exc_info=agent_exc, extra=self._log_extra())
             status, reason = "failed", f"agent error: {type(agent_exc).__name__}: {agent_exc}"
         elif agent_hung_up or (agent_task.done() and info is None and not self.media_gone.done()):
             reason = self.report.end_reason or "agent ended the call"
@@ -513,7 +517,7 @@ class Call:
                     await client.hangup(cid, reason)
                 except AriError as e:
                     if e.status != 0:
-                        log.warning("hangup failed", extra=self._log_extra(error=e.message))
+                        self.log.warning("hangup failed", extra=self._log_extra(error=e.message))
             try:
                 await client.delete_bridge(self.bridge_id)
             except AriError:
@@ -524,9 +528,9 @@ class Call:
                     path = await asyncio.wait_for(asyncio.shield(self.session.recording), timeout=5)
                     recording_path = str(path) if path else None
                 except TimeoutError:
-                    log.warning("recording not written in time", extra=self._log_extra())
+                    self.log.warning("recording not written in time", extra=self._log_extra())
         except Exception:
-            log.exception("teardown step failed", extra=self._log_extra())
+            self.log.exception("teardown step failed", extra=self._log_extra())
         finally:
             if self.run_created and outcome is not None:
                 outcome.transcript = [line.as_dict() for line in self.report.transcript]
@@ -540,10 +544,10 @@ class Call:
                 try:
                     await conn.services.runs.finish(self.run_id, outcome)
                 except Exception:
-                    log.exception("could not finish run", extra=self._log_extra())
+                    self.log.exception("could not finish run", extra=self._log_extra())
             if outcome is not None:
                 level = logging.INFO if outcome.status == "completed" else logging.WARNING
-                log.log(
+                self.log.log(
                     level,
                     "call ended",
                     extra=self._log_extra(status=outcome.status, end_reason=outcome.end_reason, timings=self.timings),

@@ -5,15 +5,25 @@ Why a bounded pool: Asterisk's HTTP server accepts 100 sessions by default (http
 go unanswered and channels leak. One ``httpx.AsyncClient`` with ``max_connections`` well under that
 limit queues requests instead. Credentials travel in the Authorization header only (never in URLs
 that might be logged) and never appear in exception texts.
+
+What the ARI server answers is *its* text, and the server is whatever the tenant typed into
+``ari_endpoint_url``: so an :class:`AriError`'s ``message`` (which pages, statuses and run reasons
+show) is always a fixed text of ours built from the status code, and the server's own words are
+kept, capped, in ``remote`` — for matching a few known Asterisk answers and for the operator's log
+(redacted with this configuration's own password), never for a tenant's eyes.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+
+from vr3ai.logs import RedactingLogger, Redactor
 
 log = logging.getLogger("vr3ai.telephony.ari.client")
 
@@ -34,13 +44,61 @@ HANGUP_REASONS = {
 }
 
 
-class AriError(Exception):
-    """An ARI request failed. ``status`` is the HTTP status (0 = no HTTP answer)."""
+REMOTE_TEXT_MAX = 200
+"""Characters of a server's error text kept in :attr:`AriError.remote` (and logged)."""
 
-    def __init__(self, status: int, message: str, method: str = "", path: str = "") -> None:
+
+class AriError(Exception):
+    """An ARI request failed. ``status`` is the HTTP status (0 = no HTTP answer). ``message`` is our
+    own text (safe to show); ``remote`` the server's error text, capped: match it, log it, never
+    show it."""
+
+    def __init__(self, status: int, message: str, method: str = "", path: str = "", remote: str = "") -> None:
         super().__init__(f"ARI {method} {path} → {status or 'no answer'}: {message}")
         self.status = status
         self.message = message
+        self.remote = remote[:REMOTE_TEXT_MAX]
+
+
+def status_text(status: int) -> str:
+    """The standard reason phrase of ``status`` — ours, not the one on the server's status line."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "unexpected HTTP status"
+
+
+_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+~_-]{0,39}")
+
+
+_HOST = re.compile(r"[0-9A-Za-z.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
+_PATH = re.compile(r"/[0-9A-Za-z._~/-]{0,200}")
+
+
+def safe_ws_uri(value: Any) -> str | None:
+    """A ``ws(s)://host[:port]/path`` URI read from the server (websocket_client.conf's ``uri``),
+    rebuilt from its checked parts, or None when it does not have that shape."""
+    if not isinstance(value, str) or len(value) > 300:
+        return None
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.netloc.rsplit("@", 1)[-1]
+    host = host[: host.rindex(":")] if port is not None else host
+    path = parts.path or "/"
+    if parts.scheme.lower() not in ("ws", "wss") or not _HOST.fullmatch(host) or not _PATH.fullmatch(path):
+        return None
+    return f"{parts.scheme.lower()}://{host}{f':{port}' if port is not None else ''}{path}"
+
+
+def safe_version(info: Any) -> str | None:
+    """``system.version`` of ``GET /asterisk/info`` if it looks like a version, else None: the one
+    value of a server's answer we show, so it is held to a version's shape."""
+    system = info.get("system") if isinstance(info, dict) else None
+    version = system.get("version") if isinstance(system, dict) else None
+    return version if isinstance(version, str) and _VERSION.fullmatch(version) else None
 
 
 def ari_base_url(endpoint_url: str) -> str:
@@ -69,6 +127,7 @@ class AriClient:
     ) -> None:
         self.base_url = ari_base_url(endpoint_url)
         self.username = username
+        self.log = RedactingLogger(log, Redactor([password]))
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             auth=httpx.BasicAuth(username, password),
@@ -102,7 +161,14 @@ class AriClient:
         if resp.status_code == 404 and ok_missing:
             return None
         if resp.status_code >= 400:
-            raise AriError(resp.status_code, _message(resp), method, path)
+            remote = _message(resp)
+            if resp.status_code != 404:
+                # The operator's view of what the server said; the tenant sees only status_text().
+                self.log.info(
+                    "ARI request refused",
+                    extra={"method": method, "path": path, "status": resp.status_code, "ari_message": remote},
+                )
+            raise AriError(resp.status_code, status_text(resp.status_code), method, path, remote)
         if resp.status_code == 204 or not resp.content:
             return None
         try:
@@ -212,14 +278,14 @@ class AriClient:
 
 
 def _message(resp: httpx.Response) -> str:
+    """The server's error text, capped (ARI answers ``{"message": ...}``)."""
     try:
         data = resp.json()
         if isinstance(data, dict) and "message" in data:
-            return str(data["message"])
+            return str(data["message"])[:REMOTE_TEXT_MAX]
     except ValueError:
         pass
-    text = resp.text.strip()
-    return text[:200] if text else resp.reason_phrase
+    return resp.text.strip()[:REMOTE_TEXT_MAX]
 
 
 def _reason(e: BaseException) -> str:

@@ -18,14 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 from vr3ai.core.runs import RunOutcome
 from vr3ai.db.models import TelephonyConfiguration, Workflow
+from vr3ai.logs import RedactingLogger, Redactor
 from vr3ai.telephony.ari.calls import OUTBOUND_MARK, AgentFactory, Call
-from vr3ai.telephony.ari.client import AriClient, AriError
+from vr3ai.telephony.ari.client import AriClient, AriError, safe_ws_uri
 from vr3ai.telephony.ari.events import AriEventStream, ConnectionState, sanitize_event
 
 if TYPE_CHECKING:
     from vr3ai.services import Services
 
 log = logging.getLogger("vr3ai.telephony.ari.connection")
+
+STATUS_TEXT_MAX = 500
+"""Longest status text (last error, recent event) handed to pages and the API."""
 
 
 @dataclass
@@ -86,6 +90,9 @@ class AriConnection:
         # Channel and bridge ids we mint carry this tag, so reconcile touches only our own leftovers
         # even when several configurations share one Asterisk.
         self.tag = config.id.replace("-", "")[:8]
+        # This configuration's own passwords, and nobody else's: see vr3ai.logs.
+        self.redactor = Redactor([config.app_password, config.media_password])
+        self.log = RedactingLogger(log, self.redactor)
         self.client = AriClient(config.ari_endpoint_url, config.stasis_app_name, config.app_password)
         self.stream = AriEventStream(
             config_id=config.id,
@@ -120,12 +127,20 @@ class AriConnection:
         await self.client.aclose()
 
     def status(self) -> dict[str, Any]:
+        """What the API and the pages show. Texts are ours (no server's answer is quoted in them);
+        redacting with this configuration's values and capping is the second line of defence."""
+        ari = self.stream.status()
+        if ari.get("last_error"):
+            ari["last_error"] = self._shown(str(ari["last_error"]))
         return {
-            "ari": self.stream.status(),
+            "ari": ari,
             "active_calls": len(self.live),
-            "recent_events": list(self.recent_events),
+            "recent_events": [{**e, "message": self._shown(str(e.get("message") or ""))} for e in self.recent_events],
             "reconcile": self.reconcile_report,
         }
+
+    def _shown(self, text: str) -> str:
+        return self.redactor.redact(text)[:STATUS_TEXT_MAX]
 
     def record_event(self, level: str, message: str) -> None:
         self.recent_events.append({"at": datetime.now(UTC).isoformat(), "level": level, "message": message})
@@ -168,7 +183,7 @@ class AriConnection:
         args = event["args"]
         if cid.startswith(("vr3m-", "vr3o-")) or (args and args[0] == OUTBOUND_MARK):
             # One of our own channels that no live call owns (left over from before a restart).
-            log.warning("hanging up orphan channel", extra={"config_id": self.config.id, "channel_id": cid})
+            self.log.warning("hanging up orphan channel", extra={"config_id": self.config.id, "channel_id": cid})
             self._spawn(self._hangup_quietly(cid))
             return
         call = Call(self, direction="inbound", channel=channel)
@@ -191,7 +206,8 @@ class AriConnection:
         try:
             return bool(await coro)
         except AriError as e:
-            log.warning("reconcile step failed", extra={"config_id": self.config.id, "error": e.message})
+            extra = {"config_id": self.config.id, "error": e.message, "ari_message": e.remote}
+            self.log.warning("reconcile step failed", extra=extra)
             return False
 
     def _spawn(self, coro: Any) -> None:
@@ -276,7 +292,7 @@ class AriConnection:
             "duration_ms": round((time.monotonic() - t0) * 1000, 1),
         }
         if removed_channels or removed_bridges or closed_runs or lost_calls:
-            log.warning("reconcile cleaned up", extra={"config_id": self.config.id, **self.reconcile_report})
+            self.log.warning("reconcile cleaned up", extra={"config_id": self.config.id, **self.reconcile_report})
 
     # --- diagnostics helpers ----------------------------------------------------------------------
     async def media_unreachable_text(self) -> str:
@@ -302,7 +318,7 @@ class AriConnection:
         if isinstance(data, list):
             for item in data:
                 if isinstance(item, dict) and item.get("attribute") == "uri":
-                    return str(item.get("value"))
+                    return safe_ws_uri(item.get("value"))
         return None
 
     @property

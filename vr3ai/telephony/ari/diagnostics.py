@@ -11,6 +11,12 @@ Choices worth knowing:
   with the configuration's decrypted password, so a slow or wedged Asterisk cannot eat into the
   listener's connection pool, and a broken listener cannot hide a working Asterisk. The password
   stays inside that client (HTTP Basic header); no check's text ever contains it.
+* **No server's text reaches the page.** The ARI endpoint is whatever the tenant typed, so what it
+  answers is never quoted: a check says the status code and our own words (:class:`AriError`'s
+  ``message``); the server's error text is only *matched* against Asterisk's known answers. The few
+  values we do show (version, websocket_client ``uri``, module status) are held to their expected
+  shape first. Details are redacted with this configuration's own passwords only — never with a
+  process-wide set, which would tell one tenant which of its strings are another tenant's secrets.
 * **WebSocket client name without side effects**: ``POST /channels/externalMedia`` with an *empty*
   ``format``. Asterisk validates ``external_host`` (the websocket_client section) before ``format``
   (``res/ari/resource_channels.c``; confirmed in our ground-truth capture), so
@@ -42,8 +48,8 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 
 from vr3ai.db.models import Organization, PhoneNumber, TelephonyConfiguration, Workflow
-from vr3ai.logs import redact
-from vr3ai.telephony.ari.client import AriClient, AriError
+from vr3ai.logs import Redactor
+from vr3ai.telephony.ari.client import AriClient, AriError, safe_version, safe_ws_uri
 from vr3ai.telephony.ari.snippets import MEDIA_PATH, TLS_NOTE, media_ws_uri
 
 if TYPE_CHECKING:
@@ -52,6 +58,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("vr3ai.telephony.ari.diagnostics")
 
 REQUEST_TIMEOUT_S = 3.0
+DETAIL_MAX = 600
+"""Longest check text shown."""
 MEDIA_PROBE_TIMEOUT_S = 8.0
 """Asterisk gives up on a media connection after reconnect_attempts × (timeout + interval): ~2-4 s
 with the defaults; we wait a little longer so a slow TLS handshake still counts as reachable."""
@@ -170,6 +178,7 @@ async def run_diagnostics(
         return checks
 
     client = AriClient(url, row.stasis_app_name, password, max_connections=2, timeout=REQUEST_TIMEOUT_S)
+    redactor = Redactor([password])
     try:
         authenticated = await _check_ari(client, row, checks)
         if authenticated:
@@ -216,8 +225,9 @@ async def run_diagnostics(
         await client.aclose()
     checks += await _local_checks(services, target)
     for c in checks:
-        # Texts quote Asterisk's answers; make sure no registered secret rides along.
-        c.detail = redact(c.detail)
+        # Second line of defence: this configuration's password never rides along (no other value
+        # is looked for, so what is replaced tells nobody anything they did not type themselves).
+        c.detail = redactor.redact(c.detail)[:DETAIL_MAX]
     log.info(
         "diagnostics finished",
         extra={"config_id": row.id, "failed": [c.key for c in checks if c.ok is False]},
@@ -309,7 +319,7 @@ async def _check_ari(client: AriClient, row: TelephonyConfiguration, checks: lis
             checks.append(Check("ARI module (res_ari)", None, "not checked", "", "res_ari"))
         return False
     ms = (time.monotonic() - t0) * 1000
-    version = (info.get("system") or {}).get("version") if isinstance(info, dict) else None
+    version = safe_version(info)
     checks.append(
         Check(
             "ARI endpoint reachable",
@@ -332,7 +342,9 @@ async def _module_status(client: AriClient, name: str) -> str | None:
         return f"unknown (HTTP {e.status or 'no answer'}: {e.message})"
     if mod is None:
         return None
-    return str(mod.get("status") or "unknown")
+    status = mod.get("status") if isinstance(mod, dict) else None
+    # Asterisk's words are "Running" and "Not Running"; anything else is not quoted.
+    return status if status in ("Running", "Not Running") else "unknown"
 
 
 async def _check_modules(client: AriClient, checks: list[Check]) -> bool:
@@ -428,19 +440,18 @@ async def _check_ws_client_name(client: AriClient, row: TelephonyConfiguration) 
     try:
         await client.request("POST", "/channels/externalMedia", params=params)
     except AriError as e:
-        msg = e.message
-        if e.status == 400 and _UNKNOWN_WS_CLIENT in msg:
+        if e.status == 400 and _UNKNOWN_WS_CLIENT in e.remote:
             return Check(
                 name,
                 False,
-                f"Asterisk has no websocket_client section named '{ws_name}' ({msg})",
+                f"Asterisk has no websocket_client section named '{ws_name}' ({_UNKNOWN_WS_CLIENT}).",
                 FIX_WS_NAME,
                 "ws_client_name",
             )
-        if e.status == 400 and _FORMAT_EMPTY in msg:
+        if e.status == 400 and _FORMAT_EMPTY in e.remote:
             return Check(name, True, f"websocket_client.conf has a section [{ws_name}].", "", "ws_client_name")
         return Check(
-            name, None, f"Asterisk answered HTTP {e.status or 'no answer'}: {msg}", FIX_WS_NAME, "ws_client_name"
+            name, None, f"Asterisk answered HTTP {e.status or 'no answer'}: {e.message}", FIX_WS_NAME, "ws_client_name"
         )
     # This Asterisk created a channel despite the empty format: remove it before it dials anyone.
     try:
@@ -466,11 +477,11 @@ async def _check_ws_client_uri(
         data = None
     # Only these two attributes are read: the object also holds the media password.
     attrs = {
-        str(i.get("attribute")): str(i.get("value"))
+        str(i.get("attribute")): i.get("value")
         for i in (data if isinstance(data, list) else [])
         if isinstance(i, dict) and i.get("attribute") in ("uri", "tls_enabled")
     }
-    uri = attrs.get("uri")
+    uri = safe_ws_uri(attrs.get("uri"))
     if not uri:
         return Check(
             name,
@@ -480,7 +491,7 @@ async def _check_ws_client_uri(
             "ws_client_uri",
         )
     got, want = urlsplit(uri), urlsplit(expected)
-    tls_on = attrs.get("tls_enabled", "").lower() in ("yes", "true", "1", "on")
+    tls_on = str(attrs.get("tls_enabled", "")).lower() in ("yes", "true", "1", "on")
     if got.scheme.lower() == "wss" and "tls_enabled" in attrs and not tls_on:
         return Check(
             name,

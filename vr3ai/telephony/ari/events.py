@@ -30,7 +30,8 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import connect
 
-from vr3ai.telephony.ari.client import AriClient, AriError, events_url
+from vr3ai.logs import RedactingLogger, Redactor
+from vr3ai.telephony.ari.client import AriClient, AriError, events_url, safe_version
 
 log = logging.getLogger("vr3ai.telephony.ari.events")
 
@@ -122,6 +123,7 @@ class AriEventStream:
         self.endpoint_url = endpoint_url
         self.app = app
         self._auth_header = "Basic " + base64.b64encode(f"{app}:{password}".encode()).decode()
+        self.log = RedactingLogger(log, Redactor([password]))
         self.client = client
         self.on_event = on_event
         self.on_connected = on_connected
@@ -164,14 +166,14 @@ class AriEventStream:
             self.state = state
             self.last_error = error
             level = logging.ERROR if state in (ConnectionState.FAILED, ConnectionState.REPLACED) else logging.INFO
-            log.log(level, "ARI connection %s", state, extra={"config_id": self.config_id, "error": error})
+            self.log.log(level, "ARI connection %s", state, extra={"config_id": self.config_id, "error": error})
 
     def status(self) -> dict[str, Any]:
         return {
             "state": self.state,
             "since": self.since.isoformat(),
             "last_error": self.last_error,
-            "asterisk_version": self.asterisk_info.get("system", {}).get("version"),
+            "asterisk_version": safe_version(self.asterisk_info),
             "reconnects": max(self.connected_count - 1, 0),
             "last_connect_duration_s": self.last_connect_duration_s,
         }
@@ -204,8 +206,9 @@ class AriEventStream:
                     try:
                         await self.on_connected()
                     except Exception as e:  # reconcile problems must not kill the listener
-                        log.exception("reconcile after connect failed", extra={"config_id": self.config_id})
-                        self.last_error = f"reconcile failed: {e}"
+                        self.log.exception("reconcile after connect failed", extra={"config_id": self.config_id})
+                        # The type only: the text may quote what the server sent.
+                        self.last_error = f"reconcile failed: {type(e).__name__}"
                     replaced = await self._read(ws)
                     self._ws = None
                     if replaced:
@@ -222,7 +225,7 @@ class AriEventStream:
             except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as e:
                 self._set_state(ConnectionState.FAILED, self._ws_error_text(e))
             except Exception as e:  # never let one bad event kill the listener
-                log.exception("ARI listener error", extra={"config_id": self.config_id})
+                self.log.exception("ARI listener error", extra={"config_id": self.config_id})
                 self._set_state(ConnectionState.FAILED, f"unexpected error: {type(e).__name__}")
             finally:
                 self._ws = None
@@ -247,7 +250,7 @@ class AriEventStream:
             except (TypeError, ValueError, RecursionError):
                 event = None
             if event is None:
-                log.warning("ignoring malformed ARI event", extra={"config_id": self.config_id})
+                self.log.warning("ignoring malformed ARI event", extra={"config_id": self.config_id})
                 continue
             if event.get("type") == "ApplicationReplaced":
                 self._set_state(
@@ -261,7 +264,7 @@ class AriEventStream:
             try:
                 self.on_event(event)
             except Exception:
-                log.exception(
+                self.log.exception(
                     "ARI event handler failed", extra={"config_id": self.config_id, "event_type": event.get("type")}
                 )
         return False
