@@ -108,19 +108,19 @@ async def test_xoff_xon_loses_nothing(lab: AsteriskLab, platform: RunningPlatfor
     for i in range(0, len(bulk), 16000):
         session._transport.send_bytes(bulk[i : i + 16000])
     for _ in range(100):
-        if session._xoff:
+        if session.xoff:
             break
         await asyncio.sleep(0.02)
-    assert session._xoff, "no MEDIA_XOFF seen"
+    assert session.xoff, "no MEDIA_XOFF seen"
     sent_at_xoff = session.stats.audio_frames_out
     session.play(tone_pcm(550.0, 0.5), mark="after-xoff")
     await asyncio.sleep(0.5)
     assert session.stats.audio_frames_out == sent_at_xoff, "sent audio while Asterisk said XOFF"
     for _ in range(200):  # Asterisk sends XON once its queue is below 800 frames (~2 s here)
-        if not session._xoff:
+        if not session.xoff:
             break
         await asyncio.sleep(0.05)
-    assert not session._xoff, "no MEDIA_XON seen"
+    assert not session.xoff, "no MEDIA_XON seen"
     assert session.stats.xoff >= 1
     # Nothing was dropped: the tone is still ours to send, waiting for the queue to come back to
     # the session's lead. Clear the bulk behind the session's back again; the tone must follow.

@@ -260,6 +260,11 @@ class MediaSession:
         return self._transport
 
     @property
+    def xoff(self) -> bool:
+        """True while Asterisk holds our audio (MEDIA_XOFF until MEDIA_XON)."""
+        return self._out.xoff
+
+    @property
     def frame_s(self) -> float:
         """Duration of one of Asterisk's frames (its ptime; the frame size's if ptime is 0)."""
         return self._out.frame_s
