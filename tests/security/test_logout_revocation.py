@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cryptography.fernet import Fernet
+
 from tests.web.platform import start_platform
 from vr3ai.web.auth import SESSION_COOKIE
 
 
 async def test_logout_survives_a_restart(tmp_path: Path) -> None:
-    key = {"secret_key": "test-secret-logout-restart"}
+    key = {"secret_key": Fernet.generate_key().decode()}
     async with start_platform(tmp_path, settings_overrides=key) as p:
         user = await p.create_user()
         async with p.dashboard(user) as web:

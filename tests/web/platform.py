@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from cryptography.fernet import Fernet
 from fastapi import FastAPI
 
 from vr3ai.app import create_app
@@ -176,7 +177,9 @@ async def start_platform(
         start_telephony=telephony,
         voice=False,
         log_json=False,
-        secret_key="test-secret-" + secrets.token_hex(8),
+        # A Fernet key, as secret.key holds: a passphrase would cost a 128 MiB scrypt per test
+        # (tests/security/test_secret_key.py covers passphrases).
+        secret_key=Fernet.generate_key().decode(),
     )
     for key, value in (settings_overrides or {}).items():
         setattr(settings, key, value)
