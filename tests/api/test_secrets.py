@@ -16,7 +16,7 @@ async def test_secret_lifecycle(platform: Platform) -> None:
     t = await platform.tenant()
     value = platform.secret("sk-test-" + "x1" * 20)
     created = ok(await t.http.post("/api/v1/secrets", json={"name": "OPENAI_API_KEY", "value": value}), 201)
-    assert set(created) == {"name", "created_at"} and created["name"] == "OPENAI_API_KEY"
+    assert set(created) == {"name", "allowed_hosts", "created_at"} and created["name"] == "OPENAI_API_KEY"
 
     replacement = platform.secret("sk-test-" + "y2" * 20)
     replaced = ok(await t.http.post("/api/v1/secrets", json={"name": "OPENAI_API_KEY", "value": replacement}), 200)
@@ -25,7 +25,7 @@ async def test_secret_lifecycle(platform: Platform) -> None:
 
     listed = ok(await t.http.get("/api/v1/secrets"))
     assert [s["name"] for s in listed["items"]] == ["OPENAI_API_KEY", "deepgram.key"]
-    assert all(set(s) == {"name", "created_at"} for s in listed["items"])
+    assert all(set(s) == {"name", "allowed_hosts", "created_at"} for s in listed["items"])
 
     async with platform.services.db.session() as s:
         row = await s.scalar(select(OrganizationSecret).where(OrganizationSecret.name == "OPENAI_API_KEY"))

@@ -104,8 +104,14 @@ async def test_wrong_password_and_unreachable_host(lab: AsteriskLab, platform: R
     status = await platform.wait_state(cfg_id, "failed")
     assert "rejected the credentials" in status["ari"]["last_error"]
     assert "nope-nope" not in json.dumps(status)
+    # Another server: the stored password does not follow unless it is given again.
     r = await platform.http.patch(
         f"/api/v1/telephony-configurations/{cfg_id}", json={"ari_endpoint_url": "http://127.0.0.1:1"}
+    )
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "app_password"], r.text
+    r = await platform.http.patch(
+        f"/api/v1/telephony-configurations/{cfg_id}",
+        json={"ari_endpoint_url": "http://127.0.0.1:1", "app_password": "nope-nope"},
     )
     assert r.status_code == 200, r.text
     status = await platform.wait_state(cfg_id, "failed")

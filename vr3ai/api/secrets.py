@@ -1,32 +1,48 @@
 """``/secrets``: named organization secrets (e.g. an LLM API key) that workflows refer to by name.
 
-Write-only by design: values go in, only names come out.
+Write-only by design: values go in, only names (and the hosts a value may be sent to) come out.
+``allowed_hosts`` binds a value to the hosts it may be sent to; it can only be changed together
+with the value (see ``vr3ai.core.secret_hosts``).
 """
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, HTTPException, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from vr3ai.api.deps import OrgDep, ServicesDep, Timestamp, matches_nothing
 from vr3ai.api.errors import ApiRoute
 from vr3ai.api.validation import RequestBody, SecretName, SecretValue
+from vr3ai.core.secret_hosts import MAX_ALLOWED_HOSTS, normalize_host_entry
 from vr3ai.db.models import OrganizationSecret
 
 router = APIRouter(tags=["secrets"], route_class=ApiRoute)
+
+
+AllowedHost = Annotated[str, AfterValidator(normalize_host_entry)]
 
 
 class SecretIn(RequestBody):
     model_config = ConfigDict(extra="forbid")
     name: SecretName
     value: SecretValue
+    allowed_hosts: list[AllowedHost] | None = Field(
+        default=None,
+        max_length=MAX_ALLOWED_HOSTS,
+        examples=[["api.openai.com"]],
+        description="Hosts (``host`` or ``host:port``) the value may be sent to. Omitted: unchanged when the "
+        "secret exists, otherwise bound by the first workflow saved with it.",
+    )
 
 
 class SecretOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     name: str
+    allowed_hosts: list[str] = []
     created_at: Timestamp
 
 
@@ -50,11 +66,16 @@ async def put_secret(body: SecretIn, org: OrgDep, svc: ServicesDep, response: Re
                     OrganizationSecret.organization_id == org.id, OrganizationSecret.name == body.name
                 )
             )
+            hosts = list(dict.fromkeys(body.allowed_hosts)) if body.allowed_hosts is not None else None
             if row is None:
-                row = OrganizationSecret(organization_id=org.id, name=body.name, value_enc=encrypted)
+                row = OrganizationSecret(
+                    organization_id=org.id, name=body.name, value_enc=encrypted, allowed_hosts=hosts or []
+                )
                 s.add(row)
             else:
                 row.value_enc = encrypted
+                if hosts is not None:
+                    row.allowed_hosts = hosts
                 response.status_code = 200
             try:
                 await s.commit()

@@ -287,6 +287,14 @@ async def update_configuration(config_id: str, body: ConfigPatch, org: OrgDep, s
         if "ari_endpoint_url" in fields:
             assert body.ari_endpoint_url is not None
             endpoint = normalize_ari_endpoint(body.ari_endpoint_url)
+            if endpoint.key != row.endpoint_key and body.app_password is None:
+                # The stored password is write-only; moving the endpoint would hand it to a server
+                # that nobody typed it for. Whoever moves it must know it (or set a new one).
+                raise field_error(
+                    ("body", "app_password"),
+                    "is required when ari_endpoint_url moves to another server (scheme, host or port): the "
+                    "stored password is never sent to a new server unless it is entered again",
+                )
             row.ari_endpoint_url, row.endpoint_key = endpoint.url, endpoint.key
         if body.app_password is not None:
             row.app_password_enc = svc.box.encrypt(body.app_password)

@@ -8,12 +8,14 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from vr3ai.api.deps import OrgDep, ServicesDep, Timestamp, get_owned, non_null
 from vr3ai.api.errors import ApiRoute, error_response, field_errors
 from vr3ai.api.validation import DialTo, DisplayName, RequestBody
 from vr3ai.core.quota import QuotaExceeded
-from vr3ai.db.models import TelephonyConfiguration, Workflow
+from vr3ai.core.secret_hosts import check_uses, secret_uses
+from vr3ai.db.models import OrganizationSecret, TelephonyConfiguration, Workflow
 
 router = APIRouter(tags=["workflows"], route_class=ApiRoute)
 
@@ -84,6 +86,29 @@ def _check_definition(definition: dict[str, Any]) -> list[dict[str, str]]:
         raise field_errors(items or [(["body", "definition"], str(e))]) from None
 
 
+async def _bind_secrets(s: AsyncSession, org_id: str, definition: dict[str, Any]) -> None:
+    """Every organization secret the definition sends somewhere must be allowed there; an unbound
+    one is bound to this workflow's hosts (see ``vr3ai.core.secret_hosts``). Runs inside the
+    caller's transaction, so a refusal stores neither the workflow nor a binding."""
+    uses = secret_uses(definition.get("settings"))
+    if not uses:
+        return
+    rows = (
+        await s.scalars(
+            select(OrganizationSecret).where(
+                OrganizationSecret.organization_id == org_id,
+                OrganizationSecret.name.in_({u.name for u in uses}),
+            )
+        )
+    ).all()
+    by_name = {r.name: r for r in rows}
+    bind, refused = check_uses(uses, {r.name: list(r.allowed_hosts or []) for r in rows})
+    if refused:
+        raise field_errors([(["body", "definition", *use.loc], msg) for use, msg in refused])
+    for name, hosts in bind.items():
+        by_name[name].allowed_hosts = hosts
+
+
 def _warnings_of(definition: dict[str, Any]) -> list[dict[str, str]]:
     """Warnings for a stored definition. One stored by an older, laxer version may no longer
     validate; it is still shown, with its errors listed as warnings rather than failing the read."""
@@ -118,6 +143,7 @@ async def create_workflow(body: WorkflowCreate, org: OrgDep, svc: ServicesDep) -
     async with svc.db.session() as s, s.begin():
         # Stored as sent (not the model's dump with every default filled in), so later changes of a
         # default reach existing workflows and the author gets back exactly what they wrote.
+        await _bind_secrets(s, org.id, body.definition)
         wf = Workflow(organization_id=org.id, name=body.name, definition=body.definition)
         s.add(wf)
     _prewarm(svc, body.definition)
@@ -151,6 +177,7 @@ async def update_workflow(workflow_id: str, body: WorkflowPatch, org: OrgDep, sv
         if body.name is not None:
             wf.name = body.name
         if body.definition is not None:
+            await _bind_secrets(s, org.id, body.definition)
             wf.definition = body.definition
     if body.definition is not None:
         _prewarm(svc, body.definition)

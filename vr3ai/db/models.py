@@ -111,6 +111,9 @@ class OrganizationSecret(Base):
     )
     name: Mapped[str] = mapped_column(String(200))
     value_enc: Mapped[str] = mapped_column(Text)
+    allowed_hosts: Mapped[list[str]] = mapped_column(JSON, default=list)
+    """The hosts this value may be sent to (``host`` or ``host:port``); empty = not bound yet, the
+    first workflow saved (or call placed) with it binds it (see ``vr3ai.core.secret_hosts``)."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

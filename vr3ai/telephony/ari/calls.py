@@ -29,6 +29,7 @@ from sqlalchemy import select
 from vr3ai.agent.base import Agent, CallContext, RunReport
 from vr3ai.core.quota import QuotaExceeded
 from vr3ai.core.runs import RunOutcome
+from vr3ai.core.secret_hosts import check_uses, secret_uses
 from vr3ai.db.models import OrganizationSecret, PhoneNumber, Workflow, new_id
 from vr3ai.logs import RedactingLogger
 from vr3ai.telephony.ari.client import AriError
@@ -484,19 +485,38 @@ class Call:
         return RunOutcome(status=status, end_reason=reason)
 
     async def _secrets(self, workflow: Workflow) -> dict[str, str]:
-        names = _secret_names(workflow.definition.get("settings") if isinstance(workflow.definition, dict) else None)
-        if not names:
+        """The organization secrets this workflow sends, each only if it is allowed where it goes
+        (``vr3ai.core.secret_hosts``): a refused one is withheld, with an error event on the run.
+        An unbound secret is bound here to this workflow's hosts (a workflow saved before bindings
+        existed)."""
+        settings = workflow.definition.get("settings") if isinstance(workflow.definition, dict) else None
+        uses = secret_uses(settings)
+        if not uses:
             return {}
         out: dict[str, str] = {}
         async with self.conn.services.db.session() as s:
-            rows = await s.execute(
-                select(OrganizationSecret).where(
-                    OrganizationSecret.organization_id == workflow.organization_id,
-                    OrganizationSecret.name.in_(names),
+            rows = (
+                await s.scalars(
+                    select(OrganizationSecret).where(
+                        OrganizationSecret.organization_id == workflow.organization_id,
+                        OrganizationSecret.name.in_({u.name for u in uses}),
+                    )
                 )
-            )
-            for row in rows.scalars():
-                out[row.name] = self.conn.services.box.decrypt(row.value_enc)
+            ).all()
+            bind, refused = check_uses(uses, {r.name: list(r.allowed_hosts or []) for r in rows})
+            withheld = {use.name for use, _ in refused}
+            for use, msg in refused:
+                self.report.event("error", f"{msg} The secret was not sent.")
+                self.log.warning("organization secret withheld", extra=self._log_extra(secret=use.name, host=use.host))
+            for row in rows:
+                if row.name in bind:
+                    row.allowed_hosts = bind[row.name]
+                if row.name not in withheld:
+                    out[row.name] = self.conn.services.box.decrypt(row.value_enc)
+            if bind:
+                await s.commit()
+        # From here on this call's lines are redacted with its secrets too.
+        self.log = RedactingLogger(log, self.conn.redactor.with_values(out.values()))
         return out
 
     # --- teardown ---------------------------------------------------------------------------------
@@ -567,21 +587,3 @@ class Call:
 def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
-
-
-def _secret_names(settings: Any) -> list[str]:
-    names: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                if isinstance(v, str) and k.endswith("_secret"):
-                    names.append(v)
-                else:
-                    walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(settings)
-    return names
