@@ -8,13 +8,16 @@ load generator its CPU figure moves by +-0.3 ms per call-second between runs, mo
 changes to the hot path are worth. Here the exact code of a call's media path runs on simulated
 time with no I/O, so the figure repeats within a few percent:
 
+* each call is set up as in production, through public APIs: ``MediaWebSocketProtocol`` gets a
+  TCP transport (``connection_made``), the upgrade request and MEDIA_START (``data_received``),
+  and the registry hands over the session;
 * inbound: the masked WebSocket frame chan_websocket sends goes through
-  ``MediaWebSocketProtocol.data_received`` (our frame parser) -> ``DirectTransport`` ->
+  ``MediaWebSocketProtocol.data_received`` (our frame parser) -> its transport ->
   ``MediaSession`` (recording, u-law decode) -> the agent, which measures each frame's RMS (the
   minimal agent's per-frame work);
-* outbound: the shared ``MediaClock`` ticks every 20 ms -> each session's ``service`` (play-out
-  model, recording, framing) -> ``DirectTransport.send_bytes`` -> a TCP transport whose ``write``
-  only counts bytes;
+* outbound: the engine's ``MediaClock`` ticks every 20 ms -> each session's play-out service
+  (play-out model, recording, framing) -> the transport's ``send_bytes`` -> a TCP transport whose
+  ``write`` only counts bytes;
 * every call: an utterance of 1 s every 2 s with a mark (the marks are answered like Asterisk
   does), a GET_STATUS every 5 s answered with a STATUS.
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import shutil
 import socket
@@ -47,9 +51,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vr3ai.media.clock import MediaClock
-from vr3ai.media.direct import DirectTransport, MediaWebSocketProtocol
+from vr3ai.media.direct import media_ws_protocol
 from vr3ai.media.engine import MediaEngine, MediaTuning
-from vr3ai.media.protocol import MediaStart
+from vr3ai.media.protocol import MediaStart, format_event
+from vr3ai.media.server import MEDIA_WS_PATH, MediaRegistry
 from vr3ai.media.session import MediaConfig, MediaSession
 
 with warnings.catch_warnings():
@@ -89,7 +94,12 @@ class _CountingTcp:
         return 0
 
     def get_extra_info(self, name: str) -> Any:
+        if name == "peername":
+            return ("127.0.0.1", 40000)
         return self.sock if name == "socket" else None
+
+    def close(self) -> None:
+        pass
 
     def pause_reading(self) -> None:
         pass
@@ -98,46 +108,44 @@ class _CountingTcp:
         pass
 
 
-def _protocol(loop: asyncio.AbstractEventLoop, engine: MediaEngine, sock: socket.socket | None = None) -> Any:
-    """A MediaWebSocketProtocol as ``handle_connect`` leaves it, minus uvicorn's server state."""
-    proto: Any = object.__new__(MediaWebSocketProtocol)
-    proto.transport = _CountingTcp(sock)
-    proto.loop = loop
-    proto.writable = asyncio.Event()
-    proto.writable.set()
-    proto._time = engine.clock.time
-    proto._direct = DirectTransport(proto, engine)
-    proto._direct.enroll()
-    return proto
+_UPGRADE = (
+    f"GET {MEDIA_WS_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    f"Sec-WebSocket-Key: {base64.b64encode(b'0123456789abcdef').decode()}\r\nSec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Protocol: media\r\n\r\n"
+).encode()
+
+
+async def _connect(
+    registry: MediaRegistry, i: int, recording: Path, sock: socket.socket | None
+) -> tuple[Any, MediaSession]:
+    """A media socket as Asterisk opens it: the upgrade, then MEDIA_START; its session."""
+    cid = f"hot-{i}"
+    fut = registry.expect(cid, recording_path=recording)
+    proto = media_ws_protocol(registry)()
+    proto.connection_made(_CountingTcp(sock))
+    proto.data_received(_UPGRADE)
+    start = MediaStart("hot", f"WebSocket/hot/{i}", cid, "ulaw", 160, 20)
+    proto.data_received(_masked(1, format_event(start).encode()))
+    return proto, await fut
 
 
 async def run_once(calls: int, seconds: float, mode: str) -> tuple[float, float, float]:
     """CPU ms per call-second, and of it: inbound us per frame, outbound us per session tick
     (``tick`` mode: inbound is read inside the tick, so both are in the second figure)."""
-    loop = asyncio.get_running_loop()
     now = [1000.0]
     clock = MediaClock(time_fn=lambda: now[0], autostart=False)
     ticked = mode == "tick"
     # No ring sends: the socketpairs' peers are never read, and the figure is our Python.
-    config = MediaConfig()
     engine = MediaEngine(MediaTuning(tick_reads_from=1 if ticked else 0, ring_sends=False), clock=clock)
+    registry = MediaRegistry(MediaConfig(), engine=engine)
     tmp = Path(tempfile.mkdtemp(prefix="vr3ai-hotpath-"))
     pairs = [socket.socketpair() for _ in range(calls)] if ticked else []
     for ours, _peer in pairs:
         ours.setblocking(False)
-    protos = [_protocol(loop, engine, pairs[i][0] if ticked else None) for i in range(calls)]
+    conns = [await _connect(registry, i, tmp / f"{i}.wav", pairs[i][0] if ticked else None) for i in range(calls)]
+    protos = [p for p, _s in conns]
+    sessions = [s for _p, s in conns]
     peers = [peer for _ours, peer in pairs]
-    sessions = [
-        MediaSession(
-            p._direct,
-            MediaStart("hot", f"WebSocket/hot/{i}", f"hot-{i}", "ulaw", 160, 20),
-            config=config,
-            engine=engine,
-            recording_path=tmp / f"{i}.wav",
-        )
-        for i, p in enumerate(protos)
-    ]
-    readers = [asyncio.ensure_future(s.run()) for s in sessions]
     loud = [0]
 
     def on_frame(frame: bytes) -> None:
@@ -203,8 +211,8 @@ async def run_once(calls: int, seconds: float, mode: str) -> tuple[float, float,
                         )
                 texts.clear()
     for p in protos:
-        p._direct.peer_closed(1000)
-    await asyncio.gather(*readers, return_exceptions=True)
+        p.connection_lost(None)
+    await asyncio.gather(*(s.closed for s in sessions), return_exceptions=True)
     await asyncio.gather(*agents, return_exceptions=True)
     for s in sessions:
         await s.recording

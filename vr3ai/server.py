@@ -22,11 +22,12 @@ log = logging.getLogger("vr3ai.server")
 def uvicorn_config(app: Any, **kw: Any) -> uvicorn.Config:
     """How every VR3 AI HTTP listener is configured (``vr3ai serve`` and the test platforms).
 
-    The media path is served by :class:`vr3ai.media.direct.MediaWebSocketProtocol`: uvicorn's
-    websockets-sansio protocol (its 101 reply, "Connection: Upgrade" and no extensions unless
-    offered, passes Asterisk's strict handshake check) that carries the media frames itself
-    instead of through ASGI. Access logs are off because URLs may carry credentials. WebSocket
-    messages are capped at the media limit (the media socket is the only WebSocket we serve)."""
+    The media path is served by :class:`vr3ai.media.direct.MediaWebSocketProtocol`, our own
+    protocol around ``websockets``' sans-I/O server (its 101 reply, "Connection: Upgrade" and no
+    extensions, passes Asterisk's strict handshake check), given to uvicorn as its ``ws`` protocol
+    class: same port, the media frames carried without ASGI. Access logs are off because URLs may
+    carry credentials. WebSocket messages are capped at the media limit (the media socket is the
+    only WebSocket we serve; the ASGI fallback path is capped by uvicorn's ``ws_max_size``)."""
     from vr3ai.media.direct import media_ws_protocol
     from vr3ai.media.server import MAX_MEDIA_MESSAGE_BYTES
 

@@ -1,26 +1,38 @@
-"""The media WebSocket served straight from uvicorn's protocol object, without ASGI.
+"""The media WebSocket, served by our own small asyncio protocol on the HTTP server's port.
 
-Why: at 25 concurrent calls, profiles put about half of the platform's CPU in carrying each 20 ms
-frame through ASGI: uvicorn's websockets-sansio protocol builds a message dict, queues it, pauses
-the socket's reading (an epoll change) until the app's ``receive`` takes it and resumes reading
-(another), Starlette wraps and unwraps it, and our reader task wakes up once per frame. At 100
-calls that is 5,000 round trips a second on 2 cores. Here the same uvicorn protocol class (same
-port, same URL, same handshake code) takes the connection over when the path is the media path:
+Why not ASGI: at 25 concurrent calls, profiles put about half of the platform's CPU in carrying
+each 20 ms frame through ASGI: uvicorn's WebSocket protocol builds a message dict, queues it,
+pauses the socket's reading (an epoll change) until the app's ``receive`` takes it and resumes
+reading (another), Starlette wraps and unwraps it, and our reader task wakes up once per frame. At
+100 calls that is 5,000 round trips a second on 2 cores. Here:
 
 * inbound frames are handed to the :class:`~vr3ai.media.session.MediaSession` by a plain call from
-  ``data_received`` (the session's ``attach`` push mode): no queue, no task wake-up, no
-  flow-control toggling. The frames chan_websocket sends (complete, masked, text or binary, and
-  pongs) are parsed here in a few lines (unmasking in C); the first frame that is anything else
-  (close, fragmented, reserved bits, oversized, a protocol error) hands that byte and all later
-  ones to ``websockets``' sans-I/O parser, which handles the rest of the connection as before;
+  ``data_received``, with their arrival time: no queue, no task wake-up, no flow-control toggling.
+  The frames chan_websocket sends (complete, masked, text or binary, and pongs) are parsed here in
+  a few lines; the first frame that is anything else (close, fragmented, reserved bits, above
+  :data:`~vr3ai.media.server.MAX_MEDIA_MESSAGE_BYTES`, a protocol error) hands that byte and all
+  later ones to ``websockets``' sans-I/O :class:`~websockets.server.ServerProtocol`;
 * outbound audio is framed by hand (a server frame is 2-4 header bytes and the payload, never
-  masked) and written to the TCP transport; control messages likewise. The close handshake, pings
-  and protocol errors stay with ``websockets``/uvicorn.
+  masked) and written to the TCP transport; control messages likewise.
 
-Every other WebSocket path (there is none today) and every HTTP request still go through ASGI.
-The ASGI endpoint in :mod:`vr3ai.media.server` stays as the fallback for servers started without
-this protocol class; both share :func:`vr3ai.media.server.serve_media` from MEDIA_START on, so the
-checks (expected channel id, Basic auth, format) are the same code.
+Why our own protocol around ``websockets``' public sans-I/O API: it does the opening handshake
+(its 101 reply, "Connection: Upgrade" and no extensions, passes Asterisk's strict check), the close
+handshake, pings, the message size limit and every frame we do not parse ourselves, through its
+documented methods only (``receive_data``, ``events_received``, ``data_to_send``, ``accept``,
+``send_response``, ``send_close``, ``send_ping``, ``fail``). Before this, the media path subclassed
+uvicorn's own WebSocket protocol and used about 16 of its private attributes, code that uvicorn
+changes between releases.
+
+How it shares the port: uvicorn's ``ws`` setting takes the protocol class for upgraded WebSocket
+connections (``uvicorn.Config(ws=...)``, a documented setting whose type is ``type[asyncio.Protocol]``;
+:func:`vr3ai.server.uvicorn_config`). uvicorn parses the HTTP request, sees ``Upgrade: websocket``
+and hands the connection over: it makes the protocol (the keyword arguments it passes describe its
+own state; we take nothing from them), calls ``connection_made`` with the TCP transport and
+``data_received`` with the request's bytes. From there on the connection is ours alone: the call
+owner closes it (HANGUP), and :meth:`MediaEngine.aclose` closes what is left at shutdown. A request
+for any other WebSocket path is answered 404 (the media socket is the only WebSocket we serve).
+The alternative, a listener of ours in front of uvicorn handing other connections on, needs either
+uvicorn's HTTP protocol objects or a byte proxy: more code, and the same dependency.
 
 The transport enrolls with the process's :class:`~vr3ai.media.engine.MediaEngine` at the
 handshake. Reading: by the event loop (``data_received``), or, once the process carries
@@ -31,8 +43,8 @@ the same parser, with their arrival time, which the session is handed with each 
 Writing: what sessions send while the media clock services them is collected and sent with one
 io_uring submission per tick (the engine's :mod:`vr3ai.media.uring` batch,
 ``MediaTuning.ring_sends``: the transport is its ``RingWritable``); anything else, and everything
-where io_uring is not available, is written to the TCP transport at once. A socket whose transport still buffers bytes
-is written through the transport, so nothing overtakes them.
+where io_uring is not available, is written to the TCP transport at once. A socket whose transport
+still buffers bytes is written through the transport, so nothing overtakes them.
 
 Back-pressure: a peer that stops reading makes the TCP write buffer grow; past ``_MAX_BUFFERED``
 (about 15 s of u-law audio) further audio is dropped and counted, control messages still go.
@@ -42,16 +54,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import struct
 from collections import deque
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, cast
 from urllib.parse import unquote
 
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.exceptions import InvalidState
-from websockets.frames import Frame, Opcode, apply_mask
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from vr3ai.media.engine import MediaEngine
 from vr3ai.media.server import MAX_MEDIA_MESSAGE_BYTES, MEDIA_SUBPROTOCOL, MEDIA_WS_PATH, MediaRegistry, serve_media
@@ -62,15 +76,22 @@ log = logging.getLogger("vr3ai.media.direct")
 _MAX_BUFFERED = 256 * 1024
 _MAX_FAST_FRAME = MAX_MEDIA_MESSAGE_BYTES
 """Larger frames (and anything unusual) go to websockets' parser, which refuses any message above
-:data:`~vr3ai.media.server.MAX_MEDIA_MESSAGE_BYTES` (also one sent in fragments) with close code
-1009 (set on the connection in ``handle_connect``)."""
+:data:`~vr3ai.media.server.MAX_MEDIA_MESSAGE_BYTES` (also one sent in fragments) with close code 1009."""
+_MAX_REQUEST = 16 * 1024
+"""Bytes of an upgrade request we wait for before letting websockets judge it (it refuses long
+lines and too many headers itself)."""
 _CLOSE_TIMEOUT_S = 1.0
+_PING_INTERVAL_S = 20.0
+_PING_TIMEOUT_S = 20.0
+"""Keepalive as uvicorn's WebSocket protocols did it: a ping every 20 s, the connection failed
+(1011) when its pong has not come 20 s later (a peer gone without a FIN)."""
 CLOSE_INVALID_DATA = 1007
-
+CLOSE_INTERNAL_ERROR = 1011
 
 _HEAD_7 = struct.Struct("!BB").pack
 _HEAD_16 = struct.Struct("!BBH").pack
 _HEAD_64 = struct.Struct("!BBQ").pack
+_from = int.from_bytes
 
 
 def _frame(opcode: int, payload: bytes) -> bytes:
@@ -82,8 +103,23 @@ def _frame(opcode: int, payload: bytes) -> bytes:
     return _HEAD_64(opcode, 127, n) + payload
 
 
+def unmask(payload: bytes, key: bytes) -> bytes:
+    """XOR ``payload`` with the 4-byte masking ``key`` repeated (RFC 6455 5.3), as two Python
+    integers: one XOR over the whole payload, linear in its size (websockets' C helper for this
+    is not part of its public API)."""
+    n = len(payload)
+    stream = key * (n >> 2) if not n & 3 else (key * ((n >> 2) + 1))[:n]
+    return (_from(payload, "little") ^ _from(stream, "little")).to_bytes(n, "little")
+
+
+def _select_subprotocol(_conn: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    # Without `media` Asterisk still works, but a reply naming a protocol it did not offer would
+    # fail its handshake check: accept either way, name it only if offered.
+    return Subprotocol(MEDIA_SUBPROTOCOL) if MEDIA_SUBPROTOCOL in offered else None
+
+
 class DirectTransport:
-    """:class:`~vr3ai.media.session.MediaTransport` on the uvicorn protocol object, with push."""
+    """:class:`~vr3ai.media.transport.MediaTransport` on :class:`MediaWebSocketProtocol`, with push."""
 
     def __init__(self, proto: MediaWebSocketProtocol, engine: MediaEngine) -> None:
         self._proto = proto
@@ -101,10 +137,13 @@ class DirectTransport:
         self.suspended_sends = 0
         self._engine = engine
         self._clock = engine.clock
-        self.time = engine.clock.time
         self._enrolled = False
         self.ring_fd = -1
         self.ring_slot = -1
+
+    @property
+    def close_code(self) -> int | None:
+        return self._close_code
 
     def enroll(self) -> None:
         """The handshake completed: the engine reads this socket on its tick from its threshold
@@ -115,14 +154,10 @@ class DirectTransport:
         self._enrolled = True
         self._engine.enroll(self)
 
-    @property
-    def close_code(self) -> int | None:
-        return self._close_code
-
     # ---------------------------------------------------------------- from the protocol
     def deliver(self, msg: str | bytes, arrived_at: float) -> None:
         if self._closed_in or self._closed_out or self._failed:
-            return  # past our close frame: discard, as uvicorn does, until the peer's reply
+            return  # past our close frame: discarded until the peer's reply
         sink = self._sink
         if sink is None:
             self._inbox.append((msg, arrived_at))
@@ -138,7 +173,7 @@ class DirectTransport:
                 self._ended.set_exception(exc)
 
     def peer_closed(self, code: int | None) -> None:
-        self._leave_tick_reads()
+        self._leave_engine()
         if self._closed_in:
             return
         self._closed_in = True
@@ -154,6 +189,7 @@ class DirectTransport:
 
     # ---------------------------------------------------------------- MediaTransport
     async def receive(self) -> str | bytes | None:
+        """Next message before the session attaches (MEDIA_START); None once closed."""
         while True:
             if self._inbox:
                 return self._inbox.popleft()[0]
@@ -174,13 +210,15 @@ class DirectTransport:
         if self._closed_in:
             return
         self._sink = deliver
+        if self._enrolled:
+            self._engine.carries_session(self)
         try:
             await self._ended
         finally:
             self._sink = None
-            self._leave_tick_reads()
+            self._leave_engine()
 
-    def _leave_tick_reads(self) -> None:
+    def _leave_engine(self) -> None:
         if self._enrolled:
             self._enrolled = False
             self.ring_fd = -1
@@ -254,47 +292,131 @@ class DirectTransport:
         if not self._closed_in:
             self._proto.send_close(code, reason)
 
+    def shutdown(self) -> None:
+        """The server is stopping (:meth:`MediaEngine.aclose`): close with 1012 (service restart)."""
+        if not self._closed_out and not self._closed_in:
+            self._closed_out = True
+            self._proto.send_close(1012, "server shutting down")
 
-class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol that serves the media path itself (see module doc).
+
+class MediaWebSocketProtocol(asyncio.Protocol):
+    """One media WebSocket connection, from the upgrade request on (see module doc).
 
     Use :func:`media_ws_protocol` to get the class bound to a registry, and pass it to
     ``uvicorn.Config(ws=...)``."""
 
     media_registry: ClassVar[MediaRegistry]
-    _time: Callable[[], float]
     media_path: ClassVar[str] = MEDIA_WS_PATH
-    _direct: DirectTransport | None = None
-    _pending: bytes = b""
-    _now: float = 0.0
-    """Arrival time of the bytes websockets' parser is handling (its handlers are called back)."""
-    _parser_owns: bool = False  # once bytes went to websockets' parser, it gets all later ones
-    write_paused: bool = False
-    """The TCP transport asked us to stop writing (``writable`` cleared); a plain attribute because
-    every frame sent checks it."""
+
+    def __init__(self, **_server_state: Any) -> None:
+        # uvicorn passes its own config and state as keyword arguments: nothing here needs them.
+        self.loop = asyncio.get_running_loop()
+        engine = self.media_registry.engine
+        self._engine = engine
+        self._time = engine.clock.time
+        self.conn = ServerProtocol(select_subprotocol=_select_subprotocol, max_size=MAX_MEDIA_MESSAGE_BYTES)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
+        self.peer = "?"
+        self._request = b""
+        self._direct: DirectTransport | None = None
+        self._pending = b""
+        self._parser_owns = False  # once bytes went to websockets' parser, it gets all later ones
+        self._fragments: list[bytes] = []
+        self._fragments_text = False
+        self._close_sent = False
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._ping_due: bytes | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.write_paused = False
+        """The TCP transport asked us to stop writing; a plain attribute because every frame sent
+        checks it."""
+
+    # ---------------------------------------------------------------- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = f"{peer[0]}:{peer[1]}"
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        super().pause_writing()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        super().resume_writing()
 
     def data_received(self, data: bytes) -> None:
-        d = self._direct
-        if d is None or self._parser_owns:
-            super().data_received(data)
-            return
-        self.received(data, self._time())
+        if self._direct is None:
+            self._handshake(data)
+        else:
+            self.received(data, self._time())
 
+    def eof_received(self) -> bool | None:
+        self.conn.receive_eof()
+        self._flush_conn()
+        return None  # the transport closes itself; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.write_paused = False  # the buffer will never drain now
+        for timer in (self._close_timer, self._ping_timer):
+            if timer is not None:
+                timer.cancel()
+        self._close_timer = self._ping_timer = None
+        d = self._direct
+        if d is not None:
+            d.peer_closed(1006)
+
+    # ---------------------------------------------------------------- the opening handshake
+    def _handshake(self, data: bytes) -> None:
+        if self.conn.state is not State.CONNECTING:
+            return  # refused: the rest is discarded until the connection closes
+        buf = self._request + data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0 and len(buf) < _MAX_REQUEST:
+            self._request = buf
+            return
+        # Only the request goes to websockets: frames after it are ours to parse.
+        cut = end + 4 if end >= 0 else len(buf)
+        self._request = b""
+        self.conn.receive_data(buf[:cut])
+        request = next((e for e in self.conn.events_received() if isinstance(e, Request)), None)
+        if request is None:
+            self._flush_conn()  # websockets' refusal of a request it could not parse
+            return
+        if unquote(request.path.partition("?")[0]) != self.media_path:
+            response = self.conn.reject(404, "Not Found\n")
+        else:
+            response = self.conn.accept(request)
+        self.conn.send_response(response)
+        self._flush_conn()
+        if response.status_code != 101:
+            return
+        if MEDIA_SUBPROTOCOL not in (response.headers.get("Sec-WebSocket-Protocol") or ""):
+            log.info("media socket without subprotocol 'media'", extra={"peer": self.peer})
+        self._direct = DirectTransport(self, self._engine)
+        self._direct.enroll()
+        self._ping_timer = self.loop.call_later(_PING_INTERVAL_S, self._keepalive)
+        self._task = self.loop.create_task(self._serve(request.headers.get("Authorization")))
+        if cut < len(buf):
+            self.received(buf[cut:], self._time())
+
+    async def _serve(self, authorization: str | None) -> None:
+        assert self._direct is not None
+        try:
+            await serve_media(self._direct, self.media_registry, self.peer, authorization)
+        except Exception:
+            log.exception("media socket handler failed", extra={"peer": self.peer})
+        finally:
+            if self._close_timer is None:
+                self.transport.close()
+
+    # ---------------------------------------------------------------- frames
     def received(self, data: bytes, now: float) -> None:
         """Bytes of the media socket that arrived at ``now`` (read by the loop or by the tick)."""
         d = self._direct
         assert d is not None
         if self._parser_owns:
-            self._now = now
-            super().data_received(data)
+            self._to_parser(data, now)
             return
         if (
             not self._pending
@@ -303,7 +425,7 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
             and 126 <= n <= _MAX_FAST_FRAME
         ):
             # What a read finds almost every time: one 20 ms audio frame (a call, every 20 ms).
-            d.deliver(apply_mask(data[8:], data[4:8]), now)
+            d.deliver(unmask(data[8:], data[4:8]), now)
             return
         buf = self._pending + data if self._pending else data
         self._pending = b""
@@ -327,159 +449,125 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
                 or (opcode == 0xA and n > 125)
             ):
                 self._parser_owns = True
-                self._now = now
-                super().data_received(buf[pos:])
+                self._to_parser(buf[pos:], now)
                 return
             if end - head < 4 + n:
                 break
-            payload = apply_mask(buf[head + 4 : head + 4 + n], buf[head : head + 4])
+            payload = unmask(buf[head + 4 : head + 4 + n], buf[head : head + 4])
             pos = head + 4 + n
             if opcode == 0x2:
                 d.deliver(payload, now)
             elif opcode == 0x1:
                 self._deliver_text(payload, now)
             else:
-                self.handle_pong(Frame(Opcode.PONG, payload))
+                self._on_pong(payload)
             if self.transport.is_closing():
                 return
         if pos < end:
             self._pending = buf[pos:]
 
-    def handle_connect(self, event: Request) -> None:
-        if unquote(event.path.partition("?")[0]) != self.media_path:
-            super().handle_connect(event)
-            return
-        response = self.conn.accept(event)
-        if response.status_code != 101:
-            super().handle_connect(event)  # not a valid upgrade: uvicorn sends websockets' reply
-            return
-        self.request = event
-        self.response = response
-        self.handshake_initiated = True
-        # Whatever uvicorn's ws_max_size says: the parser, which gets every frame the fast path
-        # does not take (and all frames once it owns the stream), refuses bigger messages with 1009.
-        self.conn.max_message_size = min(self.conn.max_message_size or MAX_MEDIA_MESSAGE_BYTES, MAX_MEDIA_MESSAGE_BYTES)
-        offered = [t.strip() for h in event.headers.get_all("Sec-WebSocket-Protocol") for t in h.split(",")]
-        peer = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
-        if MEDIA_SUBPROTOCOL not in offered:
-            # Without `media` Asterisk still works, but a reply naming a protocol it did not offer
-            # would fail its handshake check.
-            log.info("media socket without subprotocol 'media'", extra={"peer": peer})
-        # The same reply as uvicorn's ASGI accept: "Connection: Upgrade" as the whole value, no
-        # extensions (chan_websocket offers none), the subprotocol only if offered.
-        del self.response.headers["Date"]
-        self.response.headers.update(
-            (name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in self.default_headers
-        )
-        if MEDIA_SUBPROTOCOL in offered:
-            self.response.headers["Sec-WebSocket-Protocol"] = MEDIA_SUBPROTOCOL
-        self.handshake_complete = True
-        self.conn.send_response(self.response)
-        self.transport.write(b"".join(self.conn.data_to_send()))
-        self.start_keepalive()
-        engine = self.media_registry.engine
-        self._time = engine.clock.time
-        self._direct = DirectTransport(self, engine)
-        self._direct.enroll()
-        task = self.loop.create_task(self._serve(peer, event.headers.get("Authorization")))
-        task.add_done_callback(self.on_task_complete)
-        self.tasks.add(task)
-
-    async def _serve(self, peer: str, authorization: str | None) -> None:
-        assert self._direct is not None
-        try:
-            await serve_media(self._direct, self.media_registry, peer, authorization)
-        except Exception:
-            log.exception("media socket handler failed", extra={"peer": peer})
-        finally:
-            if self.close_timer is None:
-                self.transport.close()
-
-    # ---------------------------------------------------------------- frames
-    def handle_text(self, event: Frame) -> None:
-        if self._direct is None:
-            super().handle_text(event)
-        elif event.fin:
-            self._deliver_text(event.data, self._now)
-        else:
-            self.curr_msg_data_type = "text"
-            self.frames = [event.data]  # type: ignore[list-item]
-
-    def handle_bytes(self, event: Frame) -> None:
-        if self._direct is None:
-            super().handle_bytes(event)
-        elif event.fin:
-            self._direct.deliver(bytes(event.data), self._now)
-        else:
-            self.curr_msg_data_type = "bytes"
-            self.frames = [event.data]  # type: ignore[list-item]
-
-    def handle_cont(self, event: Frame) -> None:
+    def _to_parser(self, data: bytes, now: float) -> None:
+        """websockets' parser from here on: fragments, control frames, errors, the close."""
         d = self._direct
-        if d is None:
-            super().handle_cont(event)
-            return
-        self.frames.append(event.data)  # type: ignore[arg-type]
-        if event.fin:
-            data = b"".join(self.frames)
-            self.frames = []
-            if self.curr_msg_data_type == "text":
-                self._deliver_text(data, self._now)
+        assert d is not None
+        conn = self.conn
+        conn.receive_data(data)
+        for event in conn.events_received():
+            if not isinstance(event, Frame):
+                continue
+            opcode = event.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                self._fragments = [bytes(event.data)]
+                self._fragments_text = opcode is Opcode.TEXT
+            elif opcode is Opcode.CONT:
+                self._fragments.append(bytes(event.data))
+            elif opcode is Opcode.PONG:
+                self._on_pong(bytes(event.data))
+                continue
+            elif opcode is Opcode.CLOSE:
+                if self._close_sent:
+                    self._cancel_close_timer()  # the peer answered our close
+                rcvd = conn.close_rcvd
+                d.peer_closed(rcvd.code if rcvd is not None else 1005)
+                continue
             else:
-                d.deliver(data, self._now)
+                continue  # PING: websockets queued the pong
+            if event.fin:
+                payload = b"".join(self._fragments)
+                self._fragments = []
+                if self._fragments_text:
+                    self._deliver_text(payload, now)
+                else:
+                    d.deliver(payload, now)
+        if conn.close_expected() and conn.close_rcvd is None:
+            # websockets failed the connection (a protocol error, a message above the limit).
+            sent = conn.close_sent
+            self._close_sent = True
+            d.peer_closed(sent.code if sent is not None else 1002)
+        self._flush_conn()
 
-    def _deliver_text(self, data: Any, now: float) -> None:
+    def _deliver_text(self, data: bytes, now: float) -> None:
         d = self._direct
         assert d is not None
         try:
-            text = bytes(data).decode()
+            text = data.decode()
         except UnicodeDecodeError:
             # A broken peer, not our failure: say so once, close with 1007 (invalid data).
             log.warning("media socket sent a text frame that is not UTF-8; closing with 1007")
-            self._protocol_close(CLOSE_INVALID_DATA, "invalid UTF-8")
+            d.peer_closed(CLOSE_INVALID_DATA)
+            self.send_close(CLOSE_INVALID_DATA, "invalid UTF-8")
             return
         d.deliver(text, now)
 
-    def _protocol_close(self, code: int, reason: str) -> None:
-        d = self._direct
-        if d is not None:
-            d.peer_closed(code)
-        self.send_close(code, reason)
+    # ---------------------------------------------------------------- writing and closing
+    def _flush_conn(self) -> None:
+        """Write what websockets has to send; an empty chunk means: end the TCP connection."""
+        for chunk in self.conn.data_to_send():
+            if chunk:
+                if not self.transport.is_closing():
+                    self.transport.write(chunk)
+            else:
+                self._cancel_close_timer()
+                self.transport.close()
 
     def send_close(self, code: int, reason: str) -> None:
         """Our close frame, behind everything written so far; the TCP connection is closed when the
-        peer answers (handle_close) or after 1 s if it does not."""
-        if self.close_sent or self.transport.is_closing():
+        peer answers or after 1 s if it does not."""
+        if self._close_sent or self.transport.is_closing() or self.conn.state is not State.OPEN:
             return
-        try:
-            self.conn.send_close(code, reason)
-        except InvalidState:
+        self._close_sent = True
+        self.conn.send_close(code, reason)
+        self._flush_conn()
+        if not self.transport.is_closing():
+            self._close_timer = self.loop.call_later(_CLOSE_TIMEOUT_S, self.transport.close)
+
+    def _cancel_close_timer(self) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+
+    def _keepalive(self) -> None:
+        self._ping_timer = None
+        if self._close_sent or self.transport.is_closing() or self.conn.state is not State.OPEN:
             return
-        self.transport.write(b"".join(self.conn.data_to_send()))
-        self.close_sent = True
-        self.close_timer = self.loop.call_later(_CLOSE_TIMEOUT_S, self.transport.close)
+        if self._ping_due is not None:
+            log.info("media socket did not answer a ping within %.0f s; closing", _PING_TIMEOUT_S)
+            self._close_sent = True
+            self.conn.fail(CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
+            self._flush_conn()
+            self.transport.close()
+            return
+        self._ping_due = os.urandom(4)
+        self.conn.send_ping(self._ping_due)
+        self._flush_conn()
+        self._ping_timer = self.loop.call_later(_PING_TIMEOUT_S, self._keepalive)
 
-    # ---------------------------------------------------------------- endings
-    def handle_close(self, event: Frame) -> None:
-        super().handle_close(event)
-        d = self._direct
-        if d is not None:
-            rcvd = self.conn.close_rcvd
-            d.peer_closed(rcvd.code if rcvd is not None else 1005)
-
-    def handle_parser_exception(self) -> None:
-        super().handle_parser_exception()
-        d = self._direct
-        if d is not None:
-            sent = self.conn.close_sent
-            d.peer_closed(sent.code if sent is not None else 1002)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self.write_paused = False  # as uvicorn sets ``writable``: the buffer will never drain now
-        d = self._direct
-        if d is not None:
-            d.peer_closed(1006)
+    def _on_pong(self, payload: bytes) -> None:
+        if self._ping_due is not None and payload == self._ping_due:
+            self._ping_due = None
+            if self._ping_timer is not None:
+                self._ping_timer.cancel()
+            self._ping_timer = self.loop.call_later(_PING_INTERVAL_S, self._keepalive)
 
 
 def media_ws_protocol(registry: MediaRegistry, path: str = MEDIA_WS_PATH) -> type[MediaWebSocketProtocol]:

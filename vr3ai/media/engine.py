@@ -9,11 +9,11 @@ need no module-level registries keyed by loop or clock, a test or a benchmark ma
 engines as it likes, and closing one releases its ring and epoll.
 
 Who talks to it: a media transport enrolls at its WebSocket handshake (:meth:`MediaEngine.enroll`:
-the tick reads it from ``tick_reads_from`` sockets on, its sends may join the batch) and leaves
-when its connection ends (:meth:`MediaEngine.release`); a session gets the engine from the
-registry and uses its clock. The session never learns how its socket is read or written: it is
-handed each message with its arrival time (``deliver(msg, arrived_at)``) and sends through its
-transport.
+its sends may join the batch), is read by the tick from ``tick_reads_from`` live sessions on
+(:meth:`MediaEngine.carries_session`) and leaves when its session or connection ends
+(:meth:`MediaEngine.release`); a session gets the engine from the registry and uses its clock.
+The session never learns how its socket is read or written: it is handed each message with its
+arrival time (``deliver(msg, arrived_at)``) and sends through its transport.
 """
 
 from __future__ import annotations
@@ -67,6 +67,10 @@ class MediaObserver(Protocol):
 class EngineSocket(TickReadable, RingWritable, Protocol):
     """A media socket as the engine reads and batches it (:mod:`vr3ai.media.direct`)."""
 
+    def shutdown(self) -> None:
+        """The process is stopping: close the socket (1012, service restart)."""
+        ...
+
 
 class MediaEngine:
     """Owns the clock, the tick reader, the send batch and the tuning (see module doc)."""
@@ -80,6 +84,7 @@ class MediaEngine:
         """Made at the first enrollment with ``ring_sends``; None where io_uring is refused.
         Transports read it per send (a plain attribute: that is per call per tick)."""
         self._ring_tried = False
+        self._sockets: dict[int, EngineSocket] = {}
         self.observer: MediaObserver | None = None
         """Set by benchmarks; None in production."""
 
@@ -108,20 +113,27 @@ class MediaEngine:
 
     # ---------------------------------------------------------------- transports
     def enroll(self, sock: EngineSocket) -> None:
-        """A media socket whose handshake completed: read by the tick from ``tick_reads_from``
-        sockets on; its sends may join :attr:`send_batch` while the clock services sessions."""
+        """A media socket whose handshake completed: its sends may join :attr:`send_batch` while
+        the clock services sessions, and :meth:`aclose` closes it if it is still open then."""
+        self._sockets[id(sock)] = sock
+        if self._tuning.ring_sends:
+            self._make_batch()
+
+    def carries_session(self, sock: EngineSocket) -> None:
+        """``sock``'s session is live: from ``tick_reads_from`` such sockets on, the tick reads
+        them. Only from here on: the clock ticks only while sessions are registered, so a socket
+        still waiting for its MEDIA_START is read by the loop."""
         reader = self.tick_reader
         if reader is None:
             t = self._tuning.tick_reads_from
             reader = self.tick_reader = TickReader.create(self.clock, t if t > 0 else _NEVER)
         if reader is not None:
             reader.enroll(sock)
-        if self._tuning.ring_sends:
-            self._make_batch()
 
     def release(self, sock: EngineSocket) -> None:
         """The socket's session ended or its connection is closing: the loop reads it again
-        (idempotent per enrollment)."""
+        (idempotent)."""
+        self._sockets.pop(id(sock), None)
         reader = self.tick_reader
         if reader is not None:
             reader.release(sock)
@@ -135,7 +147,14 @@ class MediaEngine:
             log.info("io_uring is not available: media frames are written one by one")
 
     async def aclose(self) -> None:
-        """Stop the clock, hand sockets back to the loop, release the ring and the epoll."""
+        """Close the media sockets still open (1012), stop the clock, release the ring and the
+        epoll. The media sockets are the engine's to close: the HTTP server does not know them."""
+        for sock in list(self._sockets.values()):
+            try:
+                sock.shutdown()
+            except Exception:
+                log.exception("closing a media socket at shutdown failed")
+        self._sockets.clear()
         await self.clock.aclose()
         if self.tick_reader is not None:
             self.tick_reader.close()

@@ -772,3 +772,52 @@ async def test_without_io_uring_frames_are_written_one_by_one(monkeypatch: pytes
         got = await recv_until(ws, lambda m: isinstance(m, str) and m.startswith("MARK_MEDIA"))
         frames = [m[k : k + 160] for m in got if isinstance(m, bytes) for k in range(0, len(m), 160)]
         assert b"".join(f for f in frames if f != b"\xff" * 160) == pcm16_to_ulaw(b"\x10\x00" * 1600)
+
+
+# ------------------------------------------------------------------------------------------------ our protocol
+
+
+async def test_a_websocket_upgrade_for_another_path_is_refused_with_404() -> None:
+    """The media socket is the only WebSocket we serve: the protocol uvicorn hands upgrades to
+    refuses any other path (no session, no registry entry)."""
+    registry = MediaRegistry()
+    async with serve(registry) as url:
+        port = int(url.split(":")[2].split("/")[0])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        key = base64.b64encode(b"other-path-key!!").decode()
+        writer.write(
+            (
+                "GET /api/v1/other/ws HTTP/1.1\r\nSec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nHost: 127.0.0.1:{port}\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+            ).encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 404")
+        await asyncio.wait_for(reader.read(), 5)  # then EOF
+        writer.close()
+    assert registry.active == {} and registry.pending == []
+
+
+async def test_closing_the_engine_closes_open_media_sockets_with_1012() -> None:
+    """uvicorn does not know the media sockets it handed over: the engine closes what is still
+    open when the app shuts down (1012, service restart, as uvicorn did)."""
+    registry = MediaRegistry(MediaConfig(status_interval_s=0))
+    async with serve(registry) as url, asterisk(url, auth=None) as ws:
+        fut = registry.expect("shutdown")
+        await ws.send(media_start_text("shutdown"))
+        session = await asyncio.wait_for(fut, 3)
+        await registry.engine.aclose()
+        assert await closed_code(ws) == 1012
+        info = await asyncio.wait_for(session.closed, 3)
+        assert info.code == 1012
+        assert len(registry.engine.clock) == 0
+
+
+def test_unmask_matches_rfc6455() -> None:
+    from vr3ai.media.direct import unmask
+
+    key = b"\x5a\x01\xf0\x3c"
+    for n in (0, 1, 2, 3, 4, 5, 159, 160, 161, 1024, 65537):
+        payload = bytes(range(256)) * (n // 256 + 1)
+        payload = payload[:n]
+        assert unmask(payload, key) == bytes(b ^ key[i % 4] for i, b in enumerate(payload))
