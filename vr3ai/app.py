@@ -8,6 +8,8 @@ for the whole process, then the listeners start taking calls.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +20,7 @@ from fastapi import FastAPI
 from vr3ai.api import api_router
 from vr3ai.api.docs import install_docs
 from vr3ai.bodylimit import BodySizeLimit, workflow_rules
+from vr3ai.core.recordings import sweep_forever
 from vr3ai.core.runs import RunOutcome
 from vr3ai.db.migrate import upgrade
 from vr3ai.media.engine import MediaEngine, MediaTuning
@@ -28,6 +31,8 @@ from vr3ai.telephony.ari.calls import AgentFactory
 from vr3ai.web import web_router
 
 log = logging.getLogger("vr3ai.app")
+
+RETENTION_SWEEP_EVERY_S = 3600.0
 
 
 async def close_orphan_runs(svc: Services) -> int:
@@ -111,12 +116,24 @@ def create_app(
             from vr3ai.agent.factory import RuntimeConfig, VoiceRuntime, build_agent
 
             # Models load once per process, here, not per call.
-            voice = VoiceRuntime(RuntimeConfig(cache_dir=settings.data_dir / "tts-cache"))
+            voice = VoiceRuntime(
+                RuntimeConfig(
+                    cache_dir=settings.data_dir / "tts-cache",
+                    warm_queue_max=settings.tts_warm_queue_max,
+                    cache_max_mb=settings.tts_cache_max_mb,
+                )
+            )
             VoiceRuntime.set_shared(voice)
             await voice.start()
             svc.voice = voice
             factory = partial(build_agent, runtime=voice)
             await prewarm_saved_workflows(svc)
+        sweeper: asyncio.Task[None] | None = None
+        if settings.recording_retention_days > 0:
+            sweeper = asyncio.create_task(
+                sweep_forever(svc.db, settings.data_dir, settings.recording_retention_days, RETENTION_SWEEP_EVERY_S),
+                name="recording-retention",
+            )
         if settings.start_telephony:
             from vr3ai.telephony.manager import TelephonyManager
 
@@ -127,6 +144,10 @@ def create_app(
         try:
             yield
         finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
             if svc.telephony is not None:
                 await svc.telephony.stop()
                 svc.telephony = None

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from vr3ai.core import orgs
+from vr3ai.core.limits import LIMIT_COLUMNS, limits_of
 from vr3ai.db.migrate import upgrade
 from vr3ai.db.session import Database
 from vr3ai.logs import setup_logging
@@ -81,6 +82,17 @@ def cmd_org_list(args: argparse.Namespace, settings: Settings) -> int:
                     }
                 )
             )
+
+    asyncio.run(_with_db(settings, run))
+    return 0
+
+
+def cmd_org_set_limits(args: argparse.Namespace, settings: Settings) -> int:
+    values = {name: getattr(args, name) for name in LIMIT_COLUMNS if getattr(args, name) is not None}
+
+    async def run(db: Database) -> None:
+        org = await orgs.set_limits(db, args.org, **values)
+        print(json.dumps({"organization_id": org.id, **limits_of(org)}))
 
     asyncio.run(_with_db(settings, run))
     return 0
@@ -227,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     oc.set_defaults(fn=cmd_org_create)
     ol = org.add_parser("list")
     ol.set_defaults(fn=cmd_org_list)
+    osl = org.add_parser("set-limits", help="change what an organization may store (prints all its limits)")
+    osl.add_argument("org", help="organization id")
+    for name in LIMIT_COLUMNS:
+        osl.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=None)
+    osl.set_defaults(fn=cmd_org_set_limits)
 
     ak = sub.add_parser("apikey", help="API keys").add_subparsers(dest="apikey_command", required=True)
     akc = ak.add_parser("create", help="create another API key for an organization")

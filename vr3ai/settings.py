@@ -85,6 +85,20 @@ class Settings:
     """Largest HTTP request body accepted (bytes); larger ones get 413 before they are read."""
     max_workflow_body_bytes: int = 256 * 1024
     """Largest body of a request that carries a workflow definition (API and dashboard editor)."""
+    recording_retention_days: float = 0.0
+    """Delete call recordings of runs that ended longer ago than this (checked hourly); the run keeps
+    a note. 0: keep them (the per-organization disk quota ``max_recording_mb`` still applies)."""
+    call_starts_per_s: float = 25.0
+    """New inbound calls (StasisStart of an unknown channel) one telephony configuration may start per
+    second, on average; more are hung up at once (congestion), without a run, so an Asterisk (or a
+    server posing as one) that floods events cannot fill the database. 0: no limit."""
+    call_starts_burst: int = 100
+    """How many new calls may arrive at once before ``call_starts_per_s`` applies."""
+    tts_warm_queue_max: int = 500
+    """Fixed texts waiting for background synthesis, at most; further ones are synthesised by the
+    call that needs them."""
+    tts_cache_max_mb: int = 512
+    """Disk space of the fixed-text audio cache (``<data dir>/tts-cache``); oldest files go first."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -114,6 +128,11 @@ class Settings:
         s.cookie_secure = _env_bool("VR3AI_COOKIE_SECURE", False)
         s.max_body_bytes = _env_positive_int("VR3AI_MAX_BODY_BYTES", s.max_body_bytes)
         s.max_workflow_body_bytes = _env_positive_int("VR3AI_MAX_WORKFLOW_BODY_BYTES", s.max_workflow_body_bytes)
+        s.recording_retention_days = float(os.environ.get("VR3AI_RECORDING_RETENTION_DAYS", "0") or 0)
+        s.call_starts_per_s = float(os.environ.get("VR3AI_CALL_STARTS_PER_S", str(s.call_starts_per_s)) or 0)
+        s.call_starts_burst = int(os.environ.get("VR3AI_CALL_STARTS_BURST", str(s.call_starts_burst)) or 0)
+        s.tts_warm_queue_max = int(os.environ.get("VR3AI_TTS_WARM_QUEUE_MAX", str(s.tts_warm_queue_max)) or 0)
+        s.tts_cache_max_mb = int(os.environ.get("VR3AI_TTS_CACHE_MAX_MB", str(s.tts_cache_max_mb)) or 0)
         return s
 
     def resolved_database_url(self) -> str:

@@ -53,6 +53,15 @@ async def test_organization_me_reports_quota(platform: Platform) -> None:
             "minutes_used": 0,
             "seconds_used": 0,
         },
+        "limits": {
+            "max_telephony_configurations": 10,
+            "max_workflows": 100,
+            "max_phone_numbers": 200,
+            "max_secrets": 50,
+            "max_definition_bytes": 262144,
+            "max_recording_mb": 2048,
+            "recording_mb_used": 0,
+        },
     }
     run = await platform.services.runs.create(
         organization_id=t.org_id, workflow_id=None, telephony_configuration_id=None, direction="inbound", context={}

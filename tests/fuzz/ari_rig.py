@@ -200,8 +200,25 @@ class AriRig:
 
     # --- construction -------------------------------------------------------------------------------
     @classmethod
-    async def build(cls, data_dir: Path, seed: int, *, fail_rate: float = 0.1) -> AriRig:
-        settings = Settings(data_dir=data_dir, start_telephony=False, voice=False, log_json=False)
+    async def build(
+        cls,
+        data_dir: Path,
+        seed: int,
+        *,
+        fail_rate: float = 0.1,
+        call_starts_per_s: float = 0,
+        call_starts_burst: int = 1,
+    ) -> AriRig:
+        # No new-call rate limit: the fuzz feeds thousands of calls as fast as it can, on purpose
+        # (tests/security/test_stasis_flood.py checks the limit with this rig).
+        settings = Settings(
+            data_dir=data_dir,
+            start_telephony=False,
+            voice=False,
+            log_json=False,
+            call_starts_per_s=call_starts_per_s,
+            call_starts_burst=call_starts_burst,
+        )
         services = Services.build(settings)
         await upgrade(services.db)
         org, _ = await create_organization(

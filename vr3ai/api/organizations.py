@@ -7,6 +7,8 @@ from pydantic import BaseModel
 
 from vr3ai.api.deps import OrgDep, ServicesDep
 from vr3ai.api.errors import ApiRoute
+from vr3ai.core.limits import limits_of
+from vr3ai.core.recordings import recording_bytes_used
 from vr3ai.db.models import Organization
 
 router = APIRouter(tags=["organizations"], route_class=ApiRoute)
@@ -21,10 +23,23 @@ class QuotaOut(BaseModel):
     seconds_used: int
 
 
+class LimitsOut(BaseModel):
+    """What the organization may store; set by the operator (``vr3ai org set-limits``)."""
+
+    max_telephony_configurations: int
+    max_workflows: int
+    max_phone_numbers: int
+    max_secrets: int
+    max_definition_bytes: int
+    max_recording_mb: int
+    recording_mb_used: float
+
+
 class OrganizationOut(BaseModel):
     id: str
     name: str
     quota: QuotaOut
+    limits: LimitsOut | None = None
 
 
 @router.get("/organizations/me", response_model=OrganizationOut)
@@ -34,6 +49,7 @@ async def get_my_organization(org: OrgDep, svc: ServicesDep) -> OrganizationOut:
         fresh = await s.get(Organization, org.id)
         assert fresh is not None
         q = await svc.quota.status(s, fresh)
+        used = await recording_bytes_used(s, fresh.id)
     return OrganizationOut(
         id=fresh.id,
         name=fresh.name,
@@ -44,4 +60,5 @@ async def get_my_organization(org: OrgDep, svc: ServicesDep) -> OrganizationOut:
             minutes_used=q.minutes_used,
             seconds_used=q.seconds_used,
         ),
+        limits=LimitsOut(**limits_of(fresh), recording_mb_used=round(used / 1_000_000, 2)),
     )

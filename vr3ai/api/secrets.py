@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from vr3ai.api.deps import OrgDep, ServicesDep, Timestamp, matches_nothing
 from vr3ai.api.errors import ApiRoute
+from vr3ai.api.limits import LIMIT_RESPONSE, enforce_count
 from vr3ai.api.validation import RequestBody, SecretName, SecretValue
 from vr3ai.core.secret_hosts import MAX_ALLOWED_HOSTS, normalize_host_entry
 from vr3ai.db.models import OrganizationSecret
@@ -54,7 +55,10 @@ class SecretList(BaseModel):
     "/secrets",
     response_model=SecretOut,
     status_code=201,
-    responses={200: {"model": SecretOut, "description": "A secret of that name existed; its value was replaced."}},
+    responses={
+        200: {"model": SecretOut, "description": "A secret of that name existed; its value was replaced."},
+        **LIMIT_RESPONSE,
+    },
 )
 async def put_secret(body: SecretIn, org: OrgDep, svc: ServicesDep, response: Response) -> OrganizationSecret:
     """Create the secret, or replace its value if the name exists (200 then)."""
@@ -68,6 +72,7 @@ async def put_secret(body: SecretIn, org: OrgDep, svc: ServicesDep, response: Re
             )
             hosts = list(dict.fromkeys(body.allowed_hosts)) if body.allowed_hosts is not None else None
             if row is None:
+                await enforce_count(s, org.id, "secrets")
                 row = OrganizationSecret(
                     organization_id=org.id, name=body.name, value_enc=encrypted, allowed_hosts=hosts or []
                 )

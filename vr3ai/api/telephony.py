@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vr3ai.api.deps import OrgDep, ServicesDep, Timestamp, get_owned, matches_nothing, non_null
 from vr3ai.api.errors import ApiRoute, error_response, field_error, field_errors
+from vr3ai.api.limits import LIMIT_RESPONSE, enforce_count
 from vr3ai.api.validation import (
     Address,
     DialTemplate,
@@ -213,7 +214,9 @@ async def _notify(svc: Services, config_id: str, *, deleted: bool = False) -> No
         log.exception("telephony manager failed to apply configuration change", extra={"config_id": config_id})
 
 
-@router.post("/telephony-configurations", response_model=ConfigOut, status_code=201, responses=_APP_TAKEN)
+@router.post(
+    "/telephony-configurations", response_model=ConfigOut, status_code=201, responses={**_APP_TAKEN, **LIMIT_RESPONSE}
+)
 async def create_configuration(body: ConfigCreate, org: OrgDep, svc: ServicesDep) -> ConfigOut:
     _check_media_pair(body.media_username, body.media_password is not None)
     endpoint = normalize_ari_endpoint(body.ari_endpoint_url)
@@ -234,6 +237,7 @@ async def create_configuration(body: ConfigCreate, org: OrgDep, svc: ServicesDep
     )
     async with svc.db.session() as s:
         await _check_app_free(s, org, row, None)
+        await enforce_count(s, org.id, "telephony_configurations")
         s.add(row)
         try:
             await s.commit()
@@ -369,13 +373,14 @@ async def _check_address_free(s: AsyncSession, config_id: str, address: str, exc
     "/telephony-configurations/{config_id}/phone-numbers",
     response_model=NumberOut,
     status_code=201,
-    responses=_NUMBER_TAKEN,
+    responses={**_NUMBER_TAKEN, **LIMIT_RESPONSE},
 )
 async def create_number(config_id: str, body: NumberCreate, org: OrgDep, svc: ServicesDep) -> PhoneNumber:
     async with svc.db.session() as s:
         await get_owned(s, TelephonyConfiguration, config_id, org.id, "telephony configuration")
         await _check_inbound_workflow(s, org, body.inbound_workflow_id)
         await _check_address_free(s, config_id, body.address, None)
+        await enforce_count(s, org.id, "phone_numbers")
         number = PhoneNumber(
             organization_id=org.id,
             telephony_configuration_id=config_id,

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vr3ai.api.deps import OrgDep, ServicesDep, Timestamp, get_owned, non_null
 from vr3ai.api.errors import ApiRoute, error_response, field_errors
+from vr3ai.api.limits import LIMIT_RESPONSE, SIZE_RESPONSE, enforce_count, enforce_definition_size
 from vr3ai.api.validation import DialTo, DisplayName, RequestBody
 from vr3ai.core.quota import QuotaExceeded
 from vr3ai.core.secret_hosts import check_uses, secret_uses
@@ -137,10 +138,14 @@ def _prewarm(svc: Any, definition: dict[str, Any]) -> None:
         prewarm_workflow(svc.voice, definition)
 
 
-@router.post("/workflows", response_model=WorkflowOut, status_code=201)
+@router.post(
+    "/workflows", response_model=WorkflowOut, status_code=201, responses={**LIMIT_RESPONSE, **SIZE_RESPONSE}
+)
 async def create_workflow(body: WorkflowCreate, org: OrgDep, svc: ServicesDep) -> WorkflowOut:
+    enforce_definition_size(org, body.definition)
     warnings = _check_definition(body.definition)
     async with svc.db.session() as s, s.begin():
+        await enforce_count(s, org.id, "workflows")
         # Stored as sent (not the model's dump with every default filled in), so later changes of a
         # default reach existing workflows and the author gets back exactly what they wrote.
         await _bind_secrets(s, org.id, body.definition)
@@ -167,10 +172,12 @@ async def get_workflow(workflow_id: str, org: OrgDep, svc: ServicesDep) -> Workf
         return _out(await get_owned(s, Workflow, workflow_id, org.id, "workflow"))
 
 
-@router.patch("/workflows/{workflow_id}", response_model=WorkflowOut)
+@router.patch("/workflows/{workflow_id}", response_model=WorkflowOut, responses=SIZE_RESPONSE)
 async def update_workflow(workflow_id: str, body: WorkflowPatch, org: OrgDep, svc: ServicesDep) -> WorkflowOut:
     if bad := non_null(body.model_fields_set, body.model_dump(), ("name", "definition")):
         raise field_errors(bad)
+    if body.definition is not None:
+        enforce_definition_size(org, body.definition)
     warnings = _check_definition(body.definition) if body.definition is not None else None
     async with svc.db.session() as s, s.begin():
         wf = await get_owned(s, Workflow, workflow_id, org.id, "workflow")

@@ -35,6 +35,25 @@ async def create_organization(
     return org, key
 
 
+async def set_limits(db: Database, organization_id: str, **limits: int) -> Organization:
+    """Change per-tenant limits (``vr3ai.core.limits.LIMIT_COLUMNS``); existing rows over a lowered
+    limit stay, only new ones are refused."""
+    from vr3ai.core.limits import LIMIT_COLUMNS
+
+    unknown = set(limits) - set(LIMIT_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown limit(s): {', '.join(sorted(unknown))}")
+    if any(v < 0 for v in limits.values()):
+        raise ValueError("limits must not be negative")
+    async with db.session() as s, s.begin():
+        org = await s.get(Organization, organization_id)
+        if org is None:
+            raise LookupError(f"organization {organization_id} not found")
+        for name, value in limits.items():
+            setattr(org, name, value)
+    return org
+
+
 async def create_api_key(db: Database, organization_id: str, name: str = "default") -> str:
     return (await create_api_key_row(db, organization_id, name))[1]
 

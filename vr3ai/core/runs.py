@@ -28,6 +28,7 @@ class RunOutcome:
     variables: dict[str, Any] | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     recording_path: str | None = None
+    recording_bytes: int = 0
 
 
 class RunService:
@@ -140,6 +141,7 @@ class RunService:
                 values["events"] = list(run.events or []) + outcome.events
             if outcome.recording_path:
                 values["recording_path"] = outcome.recording_path
+                values["recording_bytes"] = outcome.recording_bytes
             res = await s.execute(
                 update(WorkflowRun)
                 .where(WorkflowRun.id == run_id, WorkflowRun.status.not_in(FINAL_STATUSES))

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -47,6 +48,17 @@ class Organization(Base):
     # Calls holding a slot right now. Changed only by single conditional UPDATEs (core.quota), which
     # is what makes reservations atomic on SQLite and PostgreSQL alike.
     active_calls: Mapped[int] = mapped_column(Integer, default=0)
+    # Per-tenant limits (vr3ai.core.limits): what one organization may store, so that one tenant
+    # cannot fill the database, the disk or the shared TTS worker for everyone. Set by the operator
+    # (``vr3ai org set-limits``), never by the tenant; the server defaults fill existing rows.
+    max_telephony_configurations: Mapped[int] = mapped_column(Integer, default=10, server_default=text("10"))
+    max_workflows: Mapped[int] = mapped_column(Integer, default=100, server_default=text("100"))
+    max_phone_numbers: Mapped[int] = mapped_column(Integer, default=200, server_default=text("200"))
+    max_secrets: Mapped[int] = mapped_column(Integer, default=50, server_default=text("50"))
+    max_definition_bytes: Mapped[int] = mapped_column(Integer, default=262144, server_default=text("262144"))
+    max_recording_mb: Mapped[int] = mapped_column(Integer, default=2048, server_default=text("2048"))
+    """Disk space the organization's call recordings may take; at the limit calls are still
+    answered but not recorded (the run says why)."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -202,6 +214,8 @@ class WorkflowRun(Base):
     events: Mapped[list[Any]] = mapped_column(JSON, default=list)
     call_id: Mapped[str | None] = mapped_column(String(160), nullable=True, index=True)
     recording_path: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    recording_bytes: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    """Size of the recording file, summed per organization for its recording quota."""
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -134,7 +134,10 @@ async def test_streamed_reply_is_split_into_sentences(llm_server: ScriptedLLM) -
     assert system["role"] == "system"
     assert "You work for Acme." in system["content"]
     assert "Help caller +15550100 with general questions." in system["content"]
-    assert body["messages"][1:] == [
+    facts = body["messages"][1]
+    assert facts["role"] == "user" and "<call_facts>" in facts["content"]
+    assert "+15550100" not in system["content"].replace("Help caller +15550100", "")
+    assert body["messages"][2:] == [
         {"role": "assistant", "content": "Hi, this is Acme. How can I help?"},
         {"role": "user", "content": "When do you close?"},
     ]

@@ -9,6 +9,9 @@ met by synthesising: Piper needs 0.2-0.3 s for a greeting sentence on these core
 * Disk (optional, ``directory``): one ``<sha256>.pcm`` file per entry under the data dir, so a
   restart does not re-synthesise. Written atomically (tmp + rename). Only *fixed* texts are ever
   cached: templated replies may carry caller data (names, numbers), which must not be persisted.
+  Bounded too (``max_disk_bytes``, ``VR3AI_TTS_CACHE_MAX_MB``): every tenant's workflow texts land
+  here, so when a write takes it over the bound the least recently written files are deleted down
+  to 90 % of it (a deleted text is synthesised again when a call needs it).
 * Concurrent requests for the same missing key share one synthesis (``get_or_make``).
 """
 
@@ -41,9 +44,13 @@ def _digest(key: CacheKey) -> str:
 
 
 class TtsCache:
-    def __init__(self, directory: str | Path | None = None, max_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self, directory: str | Path | None = None, max_bytes: int = 64 << 20, max_disk_bytes: int = 512 << 20
+    ) -> None:
         self.directory = Path(directory) if directory else None
         self.max_bytes = max_bytes
+        self.max_disk_bytes = max_disk_bytes
+        self._disk_bytes = 0
         self._mem: OrderedDict[CacheKey, bytes] = OrderedDict()
         self._bytes = 0
         self._inflight: dict[CacheKey, asyncio.Future[bytes]] = {}
@@ -51,6 +58,7 @@ class TtsCache:
         self.misses = 0
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
+            self._disk_bytes = sum(size for _, size, _ in self._disk_entries())
 
     def _path(self, key: CacheKey) -> Path | None:
         return self.directory / f"{_digest(key)}.pcm" if self.directory is not None else None
@@ -95,11 +103,44 @@ class TtsCache:
         if path is not None:
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             try:
+                old = path.stat().st_size if path.exists() else 0
                 tmp.write_bytes(pcm)
                 tmp.replace(path)
+                self._disk_bytes += len(pcm) - old
             except OSError:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
+            if self._disk_bytes > self.max_disk_bytes:
+                self._trim_disk()
+
+    @property
+    def disk_bytes(self) -> int:
+        return self._disk_bytes
+
+    def _disk_entries(self) -> list[tuple[float, int, Path]]:
+        out: list[tuple[float, int, Path]] = []
+        if self.directory is None:
+            return out
+        for entry in os.scandir(self.directory):
+            if entry.name.endswith(".pcm"):
+                with contextlib.suppress(OSError):
+                    st = entry.stat()
+                    out.append((st.st_mtime, st.st_size, Path(entry.path)))
+        return out
+
+    def _trim_disk(self) -> None:
+        # Rare (only when over the bound) and it rescans, so the count also heals from files other
+        # processes wrote or removed.
+        entries = sorted(self._disk_entries(), key=lambda e: e[0])
+        total = sum(size for _, size, _ in entries)
+        target = self.max_disk_bytes * 9 // 10
+        for _, size, path in entries:
+            if total <= target:
+                break
+            with contextlib.suppress(OSError):
+                path.unlink()
+                total -= size
+        self._disk_bytes = total
 
     async def get_or_make(self, key: CacheKey, make: Callable[[], Awaitable[bytes]]) -> bytes:
         pcm = self.get(key)

@@ -27,8 +27,12 @@ process) of RSS. A single call still gets both threads of an idle STT worker.
 
 Environment knobs (all optional): ``VR3AI_STT_THREADS`` (2), ``VR3AI_STT_WORKERS`` (2),
 ``VR3AI_TTS_WORKERS`` (2), ``VR3AI_TTS_THREADS`` (1), ``VR3AI_TTS_ENGINE`` (``piper`` if
-installed else ``flite``), ``VR3AI_TTS_CACHE_DIR`` (disk cache; default: memory only), and
-``VR3AI_DATA_DIR`` (the disk cache goes to ``<data dir>/tts-cache`` when set).
+installed else ``flite``), ``VR3AI_TTS_CACHE_DIR`` (disk cache; default: memory only),
+``VR3AI_DATA_DIR`` (the disk cache goes to ``<data dir>/tts-cache`` when set),
+``VR3AI_TTS_CACHE_MAX_MB`` (512: disk cache bound) and ``VR3AI_TTS_WARM_QUEUE_MAX`` (500: texts
+waiting for background synthesis, at most; the queue is shared by every tenant's workflows, so a
+tenant saving many large workflows must not grow it without bound; a text that does not fit is
+synthesised by the first call that says it and cached then).
 """
 
 from __future__ import annotations
@@ -74,6 +78,8 @@ class RuntimeConfig:
     tts_engine: str = field(default_factory=lambda: os.environ.get("VR3AI_TTS_ENGINE", ""))
     flite_voice: str = "slt"
     cache_dir: Path | None = None
+    warm_queue_max: int = field(default_factory=lambda: _env_int("VR3AI_TTS_WARM_QUEUE_MAX", 500))
+    cache_max_mb: int = field(default_factory=lambda: _env_int("VR3AI_TTS_CACHE_MAX_MB", 512))
 
     def __post_init__(self) -> None:
         if self.cache_dir is None:
@@ -93,7 +99,7 @@ class VoiceRuntime:
 
     def __init__(self, config: RuntimeConfig | None = None) -> None:
         self.config = config or RuntimeConfig()
-        self.cache = TtsCache(self.config.cache_dir)
+        self.cache = TtsCache(self.config.cache_dir, max_disk_bytes=max(0, self.config.cache_max_mb) * 1_000_000)
         self.stt = WhisperSTT(cpu_threads=self.config.stt_threads, workers=self.config.stt_workers)
         self._piper: PiperTTS | None = None
         self._flite: dict[str, FliteTTS] = {}
@@ -106,6 +112,8 @@ class VoiceRuntime:
         self._warm_task: asyncio.Task[None] | None = None
         self.warmed = 0
         self.warm_failed = 0
+        self.warm_dropped = 0
+        """Texts not queued because the queue was full (``warm_queue_max``)."""
 
     # ---------------------------------------------------------------- process-wide instance
     @classmethod
@@ -183,15 +191,24 @@ class VoiceRuntime:
         Never blocks and never raises: a text that fails is logged (not retried until asked again)."""
         tts = tts or self.local_tts()
         added = 0
+        dropped = self.warm_dropped
         for text in texts:
             if not text or not text.strip():
                 continue
             key = cache_key(tts, text)
             if key in self._warm_keys or self.cache.has(key):
                 continue
+            if len(self._warm_keys) >= self.config.warm_queue_max:
+                self.warm_dropped += 1
+                continue
             self._warm_keys.add(key)
             self._warm_queue.append((key, tts, text))
             added += 1
+        if self.warm_dropped > dropped:
+            log.warning(
+                "background synthesis queue full; the rest will be synthesised when a call says them",
+                extra={"not_queued": self.warm_dropped - dropped, "queue_max": self.config.warm_queue_max},
+            )
         if added and (self._warm_task is None or self._warm_task.done()):
             self._warm_task = asyncio.get_running_loop().create_task(self._warm_loop(), name="tts-cache-warm")
         return added

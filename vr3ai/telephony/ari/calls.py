@@ -28,11 +28,13 @@ from sqlalchemy import select
 
 from vr3ai.agent.base import Agent, CallContext, RunReport
 from vr3ai.core.quota import QuotaExceeded
+from vr3ai.core.recordings import file_size, recording_refusal
 from vr3ai.core.runs import RunOutcome
 from vr3ai.core.secret_hosts import check_uses, secret_uses
 from vr3ai.db.models import OrganizationSecret, PhoneNumber, Workflow, new_id
 from vr3ai.logs import RedactingLogger
 from vr3ai.telephony.ari.client import AriError
+from vr3ai.telephony.callerid import agent_variables, caller_context
 
 if TYPE_CHECKING:
     from vr3ai.telephony.ari.connection import AriConnection
@@ -116,6 +118,7 @@ class Call:
         self.end_requested: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
         self.task: asyncio.Task[None] | None = None
         self.organization_id = conn.config.organization_id
+        self._recording_check: asyncio.Task[str | None] | None = None
 
     # --- facts from ARI (never awaits) -------------------------------------------------------------
     def feed(self, event: dict[str, Any]) -> None:
@@ -170,6 +173,7 @@ class Call:
         try:
             workflow = await self._route_inbound()
             await self._create_run(workflow)
+            self._start_recording_check()
             if self.channel.get("state") != "Up":
                 try:
                     await conn.client.answer(self.channel_id)
@@ -228,7 +232,7 @@ class Call:
 
     def _context(self, caller: str, called: str) -> dict[str, Any]:
         return {
-            "caller_number": caller,
+            **caller_context(caller),
             "called_number": called,
             "direction": self.direction,
             "call_id": self.channel_id,
@@ -277,6 +281,7 @@ class Call:
         outcome: RunOutcome | None = None
         self.run_created = True
         ring_timeout = conn.services.settings.ring_timeout_s
+        self._start_recording_check()
         try:
             try:
                 await conn.client.originate(
@@ -337,7 +342,7 @@ class Call:
         conn = self.conn
         cfg = conn.config
         media_future = conn.services.media.expect(
-            self.media_id, basic_auth=cfg.media_auth(), recording_path=conn.recording_path(self.run_id)
+            self.media_id, basic_auth=cfg.media_auth(), recording_path=await self._recording_target()
         )
         try:
             try:
@@ -383,6 +388,28 @@ class Call:
                     # teardown only knows adopted sessions.
                     orphan = media_future.result()
                     await orphan.close(1000, "call setup failed")
+
+    def _start_recording_check(self) -> None:
+        # Runs while the call is answered (inbound) or rings (outbound): the quota costs no setup time.
+        self._recording_check = asyncio.create_task(
+            recording_refusal(self.conn.services.db, self.organization_id), name=f"recording-quota-{self.run_id}"
+        )
+        # A call that fails before it is bridged never awaits the check: retrieve its outcome anyway.
+        self._recording_check.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _recording_target(self) -> str | None:
+        """Where to record this call, or None (with a run event) when the organization's recording
+        quota is used up: the call goes on, unrecorded."""
+        check = self._recording_check
+        try:
+            refusal = await check if check is not None else None
+        except Exception:
+            log.exception("recording quota check failed; recording the call", extra=self._log_extra())
+            refusal = None
+        if refusal is not None:
+            self.report.event("warning", refusal)
+            return None
+        return self.conn.recording_path(self.run_id)
 
     async def _wait_media(self, media_future: asyncio.Future[Any]) -> None:
         stasis = asyncio.ensure_future(self.media_in_stasis.wait())
@@ -443,7 +470,7 @@ class Call:
             organization_id=workflow.organization_id,
             workflow_id=workflow.id,
             workflow_definition=workflow.definition,
-            variables=dict(self.context),
+            variables=agent_variables(self.context),
             secrets=await self._secrets(workflow),
         )
         agent = conn.agent_factory(ctx)
@@ -561,6 +588,7 @@ class Call:
                 outcome.variables = dict(self.report.variables)
                 outcome.events = list(self.report.events)
                 outcome.recording_path = recording_path
+                outcome.recording_bytes = file_size(recording_path)
                 try:
                     await conn.services.runs.finish(self.run_id, outcome)
                 except Exception:

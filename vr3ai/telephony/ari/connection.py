@@ -31,6 +31,38 @@ log = logging.getLogger("vr3ai.telephony.ari.connection")
 STATUS_TEXT_MAX = 500
 """Longest status text (last error, recent event) handed to pages and the API."""
 
+MAX_REFUSING = 64
+"""Hang-ups of flood-refused calls in flight at most; beyond that a refused channel is left to
+Asterisk (a real one ends it when the caller gives up; reconcile removes what is left), so a
+hostile server that never answers cannot make us pile up requests."""
+
+
+class StartLimiter:
+    """A token bucket for new calls of one configuration: ``rate`` per second on average, up to
+    ``burst`` at once.
+
+    Every StasisStart of an unknown channel costs a database lookup and, if routed, a run row; an
+    Asterisk (or whoever answers at the configuration's ARI URL) may send them as fast as it likes.
+    """
+
+    def __init__(self, rate: float, burst: int, clock: Any = time.monotonic) -> None:
+        self.rate = rate
+        self.capacity = float(max(1, burst))
+        self.clock = clock
+        self.tokens = self.capacity
+        self.updated = clock()
+
+    def allow(self) -> bool:
+        if self.rate <= 0:
+            return True
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
 
 @dataclass
 class AriConfig:
@@ -111,6 +143,11 @@ class AriConnection:
         self.draining = False
         """Set on graceful shutdown: live calls go on, new ones are refused."""
         self._background: set[asyncio.Task[Any]] = set()
+        self.start_limiter = StartLimiter(services.settings.call_starts_per_s, services.settings.call_starts_burst)
+        self.flood_refused = 0
+        """Calls refused by ``start_limiter`` since this connection started."""
+        self._flood_unreported = 0
+        self._refusing: set[asyncio.Task[Any]] = set()
 
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -123,6 +160,8 @@ class AriConnection:
         tasks = [c.task for c in self.live if c.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+        for task in list(self._refusing):
+            task.cancel()
         await self.stream.stop()
         await self.client.aclose()
 
@@ -186,9 +225,33 @@ class AriConnection:
             self.log.warning("hanging up orphan channel", extra={"config_id": self.config.id, "channel_id": cid})
             self._spawn(self._hangup_quietly(cid))
             return
+        if not self.start_limiter.allow():
+            self._refuse_flood(cid)
+            return
         call = Call(self, direction="inbound", channel=channel)
         self._register(call)
         call.task = asyncio.create_task(call.run_inbound(), name=f"call-{call.run_id}")
+
+    def _refuse_flood(self, cid: str) -> None:
+        """Over the new-call rate: hang up at once, no database work, one report per second."""
+        self.flood_refused += 1
+        if len(self._refusing) < MAX_REFUSING:
+            task = asyncio.create_task(self._hangup_quietly(cid, "congestion"))
+            self._refusing.add(task)
+            task.add_done_callback(self._refusing.discard)
+        if self._flood_unreported == 0:
+            asyncio.get_running_loop().call_later(1.0, self._report_flood)
+        self._flood_unreported += 1
+
+    def _report_flood(self) -> None:
+        count, self._flood_unreported = self._flood_unreported, 0
+        limit = self.start_limiter.rate
+        msg = (
+            f"{count} call(s) refused: more than {limit:g} new calls per second on this configuration "
+            "(VR3AI_CALL_STARTS_PER_S)"
+        )
+        log.warning(msg, extra={"config_id": self.config.id, "refused": count})
+        self.record_event("warning", msg)
 
     def _register(self, call: Call) -> None:
         self.live.add(call)
