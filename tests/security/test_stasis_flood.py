@@ -55,7 +55,9 @@ async def test_stasis_start_flood_creates_bounded_rows(rig: AriRig) -> None:
             cid = gen.new_caller_id()
             ids.append(cid)
             rig.feed(gen.stasis_start(cid, exten=GOOD_EXTEN, state="Ring"))
-        await asyncio.sleep(0.001)  # let the hang-ups of the refused calls go out
+        # Let the hang-ups of the refused calls go out (at most MAX_REFUSING are in flight; beyond
+        # that a refused channel is left to Asterisk, test_refusal_hangups_in_flight_are_bounded).
+        await wait_for(lambda: not rig.conn._refusing)
     elapsed = time.monotonic() - t0
     await wait_for(lambda: not rig.conn.live)
     await rig.drain_background()
