@@ -11,10 +11,12 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from typing import Any
 
 from vr3ai.core import orgs
+from vr3ai.core.files import loose_mode
 from vr3ai.core.limits import LIMIT_COLUMNS, limits_of
 from vr3ai.db.migrate import upgrade
 from vr3ai.db.session import Database
@@ -45,7 +47,26 @@ async def ensure_default_organization(db: Database) -> tuple[str, str] | None:
     return org.id, key
 
 
+ROOT_REFUSAL = (
+    "refusing to run the server as root: a flaw in it, or in a library it loads, would then own the "
+    "whole machine. Start it as an unprivileged user (`sudo bash scripts/run.sh` runs it as the "
+    "`vr3ai` system user), or set VR3AI_ALLOW_ROOT=1 if root here is not the host's root (a container)."
+)
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    if os.geteuid() == 0 and not settings.allow_root:
+        print(f"error: {ROOT_REFUSAL}", file=sys.stderr)
+        return 2
+    # Whatever libraries create on their own (SQLite's -wal, the TTS cache, temporary files) is for
+    # this user only, like the data folder and recordings (vr3ai.core.files sets those explicitly).
+    os.umask(0o077)
+    loose = loose_mode(settings.data_dir)
+    if loose is not None:
+        log.warning(
+            "the data folder is readable by other users; `chmod 700` it",
+            extra={"data_dir": str(settings.data_dir), "mode": oct(loose)},
+        )
     from vr3ai.server import serve
 
     if args.host:

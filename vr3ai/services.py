@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vr3ai.core.files import private_dir
 from vr3ai.core.quota import QuotaService
 from vr3ai.core.runs import RunService
 from vr3ai.core.secrets import SecretBox
@@ -30,6 +31,7 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
+        private_dir(settings.data_dir)  # before anything is written into it
         db = Database(settings.resolved_database_url())
         box = SecretBox.from_settings(settings.secret_key, settings.data_dir, settings.secret_key_previous)
         quota = QuotaService(db)

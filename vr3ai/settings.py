@@ -80,7 +80,12 @@ class Settings:
     shutdown_grace_s: float = 0.0
     """On SIGTERM, how long live calls may go on before they are ended cleanly."""
     log_json: bool = True
-    cookie_secure: bool = False
+    cookie_secure: bool | None = None
+    """Mark dashboard cookies ``Secure``. None (``VR3AI_COOKIE_SECURE`` unset): when the public URL
+    is https, since a browser that reached us over TLS must never send the session in clear text."""
+    allow_root: bool = False
+    """``vr3ai serve`` refuses to run as root unless this is set (``VR3AI_ALLOW_ROOT=1``, e.g. in a
+    container whose root is not the host's)."""
     max_body_bytes: int = 1024 * 1024
     """Largest HTTP request body accepted (bytes); larger ones get 413 before they are read."""
     max_workflow_body_bytes: int = 256 * 1024
@@ -125,7 +130,9 @@ class Settings:
         s.agent_factory = os.environ.get("VR3AI_AGENT_FACTORY", "")
         s.shutdown_grace_s = float(os.environ.get("VR3AI_SHUTDOWN_GRACE_S", "0") or 0)
         s.ring_timeout_s = int(os.environ.get("VR3AI_RING_TIMEOUT_S", s.ring_timeout_s))
-        s.cookie_secure = _env_bool("VR3AI_COOKIE_SECURE", False)
+        raw_cookie_secure = os.environ.get("VR3AI_COOKIE_SECURE", "")
+        s.cookie_secure = _env_bool("VR3AI_COOKIE_SECURE", False) if raw_cookie_secure.strip() else None
+        s.allow_root = _env_bool("VR3AI_ALLOW_ROOT", False)
         s.max_body_bytes = _env_positive_int("VR3AI_MAX_BODY_BYTES", s.max_body_bytes)
         s.max_workflow_body_bytes = _env_positive_int("VR3AI_MAX_WORKFLOW_BODY_BYTES", s.max_workflow_body_bytes)
         s.recording_retention_days = float(os.environ.get("VR3AI_RECORDING_RETENTION_DAYS", "0") or 0)
@@ -139,6 +146,11 @@ class Settings:
         if self.database_url:
             return normalize_database_url(self.database_url)
         return f"sqlite+aiosqlite:///{(self.data_dir / 'vr3ai.db').resolve()}"
+
+    def session_cookie_secure(self) -> bool:
+        if self.cookie_secure is not None:
+            return self.cookie_secure
+        return self.public_url.strip().lower().startswith("https://")
 
     def effective_public_url(self) -> str:
         if self.public_url:

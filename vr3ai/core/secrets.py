@@ -43,6 +43,8 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from vr3ai.core.files import private_dir
+
 API_KEY_PREFIX = "vr3_"
 SECRET_KEY_FILE = "secret.key"
 # Domain separation for the passphrase KDF; changing it would make every stored secret unreadable.
@@ -137,7 +139,7 @@ class SecretBox:
             return cls(secret_key, previous)
         path = data_dir / SECRET_KEY_FILE
         if not path.exists():
-            data_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(data_dir)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(Fernet.generate_key().decode())

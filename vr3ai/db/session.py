@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from vr3ai.core.files import private_dir, private_file
+
 
 class Database:
     def __init__(self, url: str) -> None:
@@ -30,8 +32,12 @@ class Database:
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
             path = url.split(":///", 1)[1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if path and path != ":memory:" and not path.startswith("file:") and "mode=memory" not in url:
+                # The database holds transcripts and encrypted credentials: 0600 in a 0700 folder
+                # (SQLite gives its -wal and -shm files the database file's mode).
+                private_dir(Path(path).parent)
+                if "?" not in path and not Path(path).exists():
+                    private_file(path)
             # Writers wait for each other instead of failing with "database is locked".
             kwargs["connect_args"] = {"timeout": 30}
             self._file_sqlite = bool(path) and path != ":memory:" and "mode=memory" not in url

@@ -29,6 +29,7 @@ from typing import IO
 
 import numpy as np
 
+from vr3ai.core.files import open_private, private_dir
 from vr3ai.media.codec import WireFormat
 
 _CHUNK_SAMPLES = 8000 * 10
@@ -119,7 +120,7 @@ class CallRecorder:
         """Render and write the WAV (blocking; run it in a thread). Releases the spool files."""
         self.closed = True
         out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(out.parent)
         bps = self.wire.bytes_per_sample
         total = max(self._caller.cursor, self._agent.cursor) // bps
         chunk_bytes = _CHUNK_SAMPLES * bps
@@ -127,7 +128,8 @@ class CallRecorder:
         try:
             left = self._caller.read()
             right = self._agent.read()
-            with wave.open(str(tmp), "wb") as wav:
+            # A call recording is personal data: 0600, whatever the process umask.
+            with os.fdopen(open_private(tmp), "wb") as raw, wave.open(raw, "wb") as wav:
                 wav.setnchannels(2)
                 wav.setsampwidth(2)
                 wav.setframerate(self.wire.sample_rate)

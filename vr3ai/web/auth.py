@@ -201,13 +201,17 @@ def write_session(request: Request, response: Response, session: SessionData) ->
         path="/",
         httponly=True,
         samesite="lax",
-        secure=get_services(request).settings.cookie_secure,
+        secure=get_services(request).settings.session_cookie_secure(),
     )
 
 
 def clear_session(request: Request, response: Response) -> None:
     response.delete_cookie(
-        SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=get_services(request).settings.cookie_secure
+        SESSION_COOKIE,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=get_services(request).settings.session_cookie_secure(),
     )
 
 
@@ -220,7 +224,7 @@ def set_flash(request: Request, response: Response, message: str) -> None:
         path="/",
         httponly=True,
         samesite="lax",
-        secure=get_services(request).settings.cookie_secure,
+        secure=get_services(request).settings.session_cookie_secure(),
     )
 
 

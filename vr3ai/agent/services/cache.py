@@ -26,6 +26,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from vr3ai.core.files import private_dir
+
 CacheKey = tuple[str, str, int, str]
 
 
@@ -57,7 +59,7 @@ class TtsCache:
         self.hits = 0
         self.misses = 0
         if self.directory is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            private_dir(self.directory)
             self._disk_bytes = sum(size for _, size, _ in self._disk_entries())
 
     def _path(self, key: CacheKey) -> Path | None:

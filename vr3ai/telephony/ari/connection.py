@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vr3ai.core.files import private_dir
 from vr3ai.core.runs import RunOutcome
 from vr3ai.db.models import TelephonyConfiguration, Workflow
 from vr3ai.logs import RedactingLogger, Redactor
@@ -185,8 +186,7 @@ class AriConnection:
         self.recent_events.append({"at": datetime.now(UTC).isoformat(), "level": level, "message": message})
 
     def recording_path(self, run_id: str) -> str:
-        path = Path(self.services.settings.data_dir) / "recordings"
-        path.mkdir(parents=True, exist_ok=True)
+        path = private_dir(Path(self.services.settings.data_dir) / "recordings")
         return str((path / f"{run_id}.wav").resolve())
 
     # --- event routing ----------------------------------------------------------------------------
