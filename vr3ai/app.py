@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from vr3ai.api import api_router
 from vr3ai.api.docs import install_docs
 from vr3ai.bodylimit import BodySizeLimit, workflow_rules
+from vr3ai.core import media_auth
 from vr3ai.core.recordings import sweep_forever
 from vr3ai.core.runs import RunOutcome
 from vr3ai.db.migrate import upgrade
@@ -100,7 +101,8 @@ def create_app(
                 paired_sends_from=max(0, settings.media_paired_sends_from),
                 ring_sends=settings.media_ring_sends,
             )
-        )
+        ),
+        require_credentials=True,
     )
 
     @asynccontextmanager
@@ -108,6 +110,7 @@ def create_app(
         await upgrade(svc.db)
         await svc.db.warm()
         await close_orphan_runs(svc)
+        await media_auth.backfill(svc)  # before any listener takes a call
         factory = agent_factory or _load_factory(settings.agent_factory)
         voice: Any = None
         if factory is None and settings.voice:

@@ -67,6 +67,9 @@ class AriFields:
     websocket_client_name: str
     from_extensions: str = ""
     name: str = ""
+    media_username: str = ""
+    """More options: left empty, VR3 AI generates the media credentials (shown in the snippet)."""
+    media_password: str = ""
 
 
 class Dashboard:
@@ -97,9 +100,14 @@ class Dashboard:
         await page.get_by_label("App Password").fill(fields.app_password)
         await page.get_by_label("WebSocket Client Name").fill(fields.websocket_client_name)
         await page.get_by_label("From Extensions").fill(fields.from_extensions)
-        if fields.name:
+        if fields.name or fields.media_username or fields.media_password:
             await page.get_by_text("More options").click()
+        if fields.name:
             await page.get_by_label("Configuration name").fill(fields.name)
+        if fields.media_username:
+            await page.get_by_label("Media username").fill(fields.media_username)
+        if fields.media_password:
+            await page.get_by_label("Media password").fill(fields.media_password)
         await page.get_by_role("button", name="Save Configuration").click()
         await expect(page.get_by_role("status")).to_contain_text("Configuration saved")
         return await self.open_configuration(fields.name or None)

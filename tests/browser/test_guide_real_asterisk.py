@@ -26,7 +26,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from tests.browser.pages import AriFields, ConfigurationPage, Dashboard, RunPage, new_context, screenshot, screenshot_of
-from tests.harness import AsteriskLab, audio
+from tests.harness import MEDIA_PASSWORD, MEDIA_USER, AsteriskLab, audio
 from tests.web.platform import DashboardUser, Platform, start_platform
 from vr3ai.telephony.ari.diagnostics import FIX_CREDENTIALS, FIX_WS_NAME
 
@@ -59,6 +59,9 @@ def lab_fields(lab: AsteriskLab) -> AriFields:
         app_password="vr3ai-secret",
         websocket_client_name="vr3ai",
         from_extensions="6001",
+        # The pair the lab's [vr3ai] section presents (VR3 AI refuses media without credentials).
+        media_username=MEDIA_USER,
+        media_password=MEDIA_PASSWORD,
     )
 
 

@@ -149,6 +149,9 @@ class World:
     me: Tenant
     other: Tenant
     never_returned: set[str] = field(default_factory=set)
+    media_passwords: set[str] = field(default_factory=set)
+    """Never returned either, except inside the websocket_client.conf text of ``/asterisk-snippets``
+    (Asterisk needs them; that endpoint answers only the configuration's organization)."""
     stale: bool = True
     # Reused across cases: a fresh TCP connection per request would dominate the run time.
     session: requests.Session = field(default_factory=requests.Session)
@@ -245,7 +248,9 @@ def _seed(world: World, tenant: Tenant) -> None:
             body = config_body(stasis_app_name=f"fz{uuid.uuid4().hex[:10]}")
             if media:
                 body.update(media_username="asterisk", media_password=f"media-{uuid.uuid4().hex}")
-            world.never_returned.update(v for k, v in body.items() if k.endswith("_password"))
+            world.never_returned.add(body["app_password"])
+            if media:
+                world.media_passwords.add(body["media_password"])
             cid = post("/api/v1/telephony-configurations", body)["id"]
             tenant.configs.append(cid)
             for address in ("8000", "8001"):
@@ -290,7 +295,8 @@ def world(live: LiveApp) -> Iterator[World]:
     me = Tenant(*live.run(_org_and_key(db, "Fuzz Corp")))
     other = Tenant(*live.run(_org_and_key(db, "Other Corp")))
     w = World(live=live, base_url=live.app.base_url, me=me, other=other)
-    w.never_returned.update({me.key, other.key, _DICT_APP_PASSWORD, _DICT_MEDIA_PASSWORD, _DICT_SECRET_VALUE})
+    w.never_returned.update({me.key, other.key, _DICT_APP_PASSWORD, _DICT_SECRET_VALUE})
+    w.media_passwords.add(_DICT_MEDIA_PASSWORD)
     _WORLD = w
     try:
         yield w
@@ -501,7 +507,9 @@ def no_secret_in_response(ctx: CheckContext, response: Response, case: Case) -> 
     values themselves cannot be told apart from text that is rightly sent back, like a name equal to
     an earlier password.)"""
     haystack = response.content + b"\n" + json.dumps(dict(response.headers)).encode()
-    for s in _world().never_returned:
+    w = _world()
+    snippets = response.request.path_url.split("?")[0].endswith("/asterisk-snippets")
+    for s in w.never_returned | (set() if snippets else w.media_passwords):
         for form in {s.encode(), json.dumps(s)[1:-1].encode()}:
             assert form not in haystack, f"the response contains a secret ({s[:6]}...)"
     return True

@@ -741,6 +741,8 @@ class AsteriskLab:
             "down_port": str(self.down_port),
             "caller_ws_port": str(self.caller_ws_port),
             "media_path": MEDIA_PATH,
+            "media_user": MEDIA_USER,
+            "media_password": MEDIA_PASSWORD,
             "extra_sections": "",
             **extra,
         }

@@ -19,12 +19,16 @@ from typing import Any
 import httpx
 import uvicorn
 
+from tests.harness import MEDIA_PASSWORD, MEDIA_USER
 from vr3ai.app import create_app
 from vr3ai.core.orgs import create_organization
 from vr3ai.server import uvicorn_config
 from vr3ai.services import Services
 from vr3ai.settings import Settings
 from vr3ai.telephony.ari.calls import AgentFactory
+
+LAB_MEDIA_CREDENTIALS = {"media_username": MEDIA_USER, "media_password": MEDIA_PASSWORD}
+"""What the lab's websocket_client sections present (VR3 AI refuses media without credentials)."""
 
 
 @dataclass
@@ -83,6 +87,9 @@ class RunningPlatform:
         wait: bool = True,
         **config_extra: Any,
     ) -> tuple[str, str]:
+        """A workflow and a configuration answering ``extension``. The configuration's media
+        credentials are the pair the lab's websocket_client sections present, unless given."""
+        config_extra = {**LAB_MEDIA_CREDENTIALS, **config_extra}
         wf = await self.post("/api/v1/workflows", {"name": "test workflow", "definition": definition})
         cfg = await self.post(
             "/api/v1/telephony-configurations",

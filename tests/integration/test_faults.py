@@ -10,7 +10,7 @@ import time
 import pytest
 import websockets
 
-from tests.harness import AsteriskLab
+from tests.harness import MEDIA_PASSWORD, MEDIA_USER, AsteriskLab
 from tests.integration.agents import AgentRecorder
 from tests.integration.conftest import SIMPLE_WORKFLOW
 from tests.integration.platform import RunningPlatform
@@ -31,6 +31,8 @@ async def test_media_dropped_mid_call(lab: AsteriskLab, platform: RunningPlatfor
                     "connection_type": "per_call_config",
                     "uri": f"ws://127.0.0.1:{port}/api/v1/telephony/ws/ari",
                     "protocols": "media",
+                    "username": MEDIA_USER,
+                    "password": MEDIA_PASSWORD,
                     "connection_timeout": 500,
                     "reconnect_attempts": 2,
                     "reconnect_interval": 300,

@@ -266,7 +266,8 @@ async def test_ws_callers_concurrent_and_platform_hangup(lab: AsteriskLab) -> No
 
 
 async def test_websocket_client_sections_follow_configured_ports(lab: AsteriskLab) -> None:
-    """vr3ai / vr3ai_auth / vr3ai_tls dial whatever ports the test sets; vr3ai_down fails fast."""
+    """vr3ai / vr3ai_auth / vr3ai_tls / vr3ai_noauth dial whatever ports the test sets, all but
+    vr3ai_noauth with the harness' media credentials; vr3ai_down fails fast."""
     seen: list[dict[str, Any]] = []
 
     async def handler(ws: ServerConnection) -> None:
@@ -306,7 +307,7 @@ async def test_websocket_client_sections_follow_configured_ports(lab: AsteriskLa
                 "direction": "both",
             }
 
-        for n, host in enumerate(("vr3ai", "vr3ai_auth", "vr3ai_tls")):
+        for n, host in enumerate(("vr3ai", "vr3ai_auth", "vr3ai_tls", "vr3ai_noauth")):
             chan = f"hmedia-{host}-{time.monotonic_ns()}"
             await lab.ari("POST", "/channels/externalMedia", params=params(chan, host))
             # the media channel's StasisStart is the "media connected" signal (it follows the handshake)
@@ -320,10 +321,10 @@ async def test_websocket_client_sections_follow_configured_ports(lab: AsteriskLa
             assert got["path"] == MEDIA_PATH and got["subprotocol"] == "media"
             assert got["first"].startswith(f"MEDIA_START connection_id:{host} ")
             assert f"channel_id:{chan}" in got["first"]
-            if host == "vr3ai_auth":
-                assert got["auth"] == "Basic " + base64.b64encode(b"vr3ai-media:media-secret").decode()
-            else:
+            if host == "vr3ai_noauth":
                 assert got["auth"] is None
+            else:
+                assert got["auth"] == "Basic " + base64.b64encode(b"vr3ai-media:media-secret").decode()
             await lab.ari("DELETE", f"/channels/{chan}")
 
         chan = f"hmedia-down-{time.monotonic_ns()}"
@@ -333,7 +334,7 @@ async def test_websocket_client_sections_follow_configured_ports(lab: AsteriskLa
         assert destroyed["cause"] == 3
         assert time.monotonic() - t0 < 2.0
         assert not probe.find("StasisStart", chan)
-        assert len(seen) == 3
+        assert len(seen) == 4
     await asyncio.to_thread(lab.reset_websocket_clients)
     assert lab.media_port != plain_port and lab.tls_media_port != tls_port
     await _no_leftovers(lab)

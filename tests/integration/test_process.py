@@ -18,6 +18,7 @@ import pytest
 
 from tests.harness import AsteriskLab
 from tests.integration.conftest import SIMPLE_WORKFLOW
+from tests.integration.platform import LAB_MEDIA_CREDENTIALS
 
 pytestmark = pytest.mark.asterisk
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,6 +86,7 @@ async def _setup(c: httpx.AsyncClient, lab: AsteriskLab) -> tuple[str, str]:
                 "stasis_app_name": "vr3ai",
                 "app_password": "vr3ai-secret",
                 "websocket_client_name": "vr3ai",
+                **LAB_MEDIA_CREDENTIALS,
             },
         )
     ).json()

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.harness import MEDIA_PASSWORD, MEDIA_USER
 from tests.web.platform import Platform, start_platform
 from vr3ai.telephony.ari.client import AriClient, AriError
 from vr3ai.telephony.ari.diagnostics import run_diagnostics
@@ -97,11 +98,20 @@ async def test_diagnostics_healthy_and_broken(lab: Any, tmp_path: Path) -> None:
                 assert n.status_code == 201, n.text
                 return cid
 
+            lab_media = {"media_username": MEDIA_USER, "media_password": MEDIA_PASSWORD}
             healthy = await config(
-                name="ok", stasis_app_name="vr3ai", app_password="vr3ai-secret", websocket_client_name="vr3ai"
+                name="ok",
+                stasis_app_name="vr3ai",
+                app_password="vr3ai-secret",
+                websocket_client_name="vr3ai",
+                **lab_media,
             )
             down = await config(
-                name="down", stasis_app_name="vr3ai2", app_password="other-secret", websocket_client_name="vr3ai_down"
+                name="down",
+                stasis_app_name="vr3ai2",
+                app_password="other-secret",
+                websocket_client_name="vr3ai_down",
+                **lab_media,
             )
             refused = await config(
                 name="auth",

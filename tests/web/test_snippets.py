@@ -111,15 +111,21 @@ def test_https_ari_endpoint_gets_tls_http_conf() -> None:
     assert "tlsenable = yes\ntlsbindaddr = 0.0.0.0:8089\n" in files["http.conf"]
 
 
-def test_media_credentials_use_a_placeholder() -> None:
+def test_media_credentials_without_the_password_use_a_placeholder() -> None:
     files = _by_file(media_username="vr3ai-media")
     ws = files["websocket_client.conf"]
     assert "username = vr3ai-media\n" in ws
     assert "password = your_media_password\n" in ws
 
 
-def test_no_password_can_appear() -> None:
-    # The functions take no password at all; the only password lines are placeholders.
+def test_media_password_is_rendered_for_asterisk_and_escaped() -> None:
+    ws = _by_file(media_username="vr3ai-media", media_password="a;b")["websocket_client.conf"]
+    assert "username = vr3ai-media\npassword = a\\;b\n" in ws  # ';' would start a comment
+    assert "your_media_password" not in ws
+
+
+def test_no_ari_password_can_appear() -> None:
+    # The ARI password is never an input; without a media password both are placeholders.
     for s in asterisk_snippets(
         ari_endpoint_url="http://a:8088",
         stasis_app_name="vr3ai",

@@ -4,6 +4,9 @@ Rules worth knowing (see also ``vr3ai.core.endpoints``):
 
 * Passwords (``app_password``, ``media_password``) are write-only: encrypted at rest with the
   process's secret box, answered only as ``*_password_set`` booleans.
+* Media credentials are always there (``vr3ai.core.media_auth``): left out at creation, or set to
+  null later, VR3 AI generates them. The owner reads the media password in one place only, the
+  ``websocket_client.conf`` text of ``GET .../asterisk-snippets`` (which Asterisk needs).
 * A Stasis app may be used by one configuration per Asterisk across the whole installation:
   Asterisk keeps one ARI WebSocket per app, so a second configuration would replace the first
   connection and the two would steal each other's calls (409). The check compares the normalised
@@ -39,6 +42,7 @@ from vr3ai.api.validation import (
     RequestBody,
     check_unique,
 )
+from vr3ai.core import media_auth
 from vr3ai.core.endpoints import normalize_ari_endpoint
 from vr3ai.db.models import Organization, PhoneNumber, TelephonyConfiguration, Workflow
 from vr3ai.services import Services
@@ -62,8 +66,13 @@ class ConfigCreate(RequestBody):
     websocket_client_name: Identifier = Field(description="The section name in websocket_client.conf.")
     from_extensions: FromExtensions = Field(default_factory=list, examples=[["PJSIP/6001"]])
     dial_template: DialTemplate = "PJSIP/{to}"
-    media_username: MediaUsername | None = None
-    media_password: Password | None = Field(default=None, description="Write-only.")
+    media_username: MediaUsername | None = Field(
+        default=None, description="The user Asterisk presents on the media WebSocket. Generated when left out."
+    )
+    media_password: Password | None = Field(
+        default=None,
+        description="Write-only. Generated when left out; read it in the websocket_client.conf snippet.",
+    )
     enabled: bool = True
 
 
@@ -77,8 +86,12 @@ class ConfigPatch(RequestBody):
     websocket_client_name: Identifier | None = None
     from_extensions: FromExtensions | None = None
     dial_template: DialTemplate | None = None
-    media_username: MediaUsername | None = Field(default=None, description="null removes media authentication.")
-    media_password: Password | None = None
+    media_username: MediaUsername | None = Field(
+        default=None, description="null: generate a new one (media authentication cannot be switched off)."
+    )
+    media_password: Password | None = Field(
+        default=None, description="Write-only. null: generate a new one (see the websocket_client.conf snippet)."
+    )
     enabled: bool | None = None
 
 
@@ -133,6 +146,21 @@ class ConfigOut(BaseModel):
 
 class ConfigList(BaseModel):
     items: list[ConfigOut]
+
+
+class SnippetOut(BaseModel):
+    filename: str
+    title: str
+    text: str
+    notes: list[str]
+
+
+class SnippetList(BaseModel):
+    media_uri: str = Field(description="Where Asterisk dials the media WebSocket.")
+    items: list[SnippetOut] = Field(
+        description="ari.conf, http.conf, extensions.conf, websocket_client.conf (with this configuration's media "
+        "username and password: a secret), then the Asterisk CLI reload commands."
+    )
 
 
 class NumberCreate(RequestBody):
@@ -193,13 +221,6 @@ async def _check_app_free(
         )
 
 
-def _check_media_pair(username: str | None, password_set: bool) -> None:
-    if password_set and not username:
-        raise field_error(("body", "media_username"), "is required when media_password is set")
-    if username and not password_set:
-        raise field_error(("body", "media_password"), "is required when media_username is set")
-
-
 async def _notify(svc: Services, config_id: str, *, deleted: bool = False) -> None:
     """Tell the live telephony manager. The change is already committed, so a failure here must not
     turn into an error response: the manager reconciles from the database on its next start."""
@@ -218,7 +239,6 @@ async def _notify(svc: Services, config_id: str, *, deleted: bool = False) -> No
     "/telephony-configurations", response_model=ConfigOut, status_code=201, responses={**_APP_TAKEN, **LIMIT_RESPONSE}
 )
 async def create_configuration(body: ConfigCreate, org: OrgDep, svc: ServicesDep) -> ConfigOut:
-    _check_media_pair(body.media_username, body.media_password is not None)
     endpoint = normalize_ari_endpoint(body.ari_endpoint_url)
     row = TelephonyConfiguration(
         organization_id=org.id,
@@ -231,8 +251,8 @@ async def create_configuration(body: ConfigCreate, org: OrgDep, svc: ServicesDep
         websocket_client_name=body.websocket_client_name,
         from_extensions=list(body.from_extensions),
         dial_template=body.dial_template,
-        media_username=body.media_username,
-        media_password_enc=svc.box.encrypt(body.media_password) if body.media_password is not None else None,
+        media_username=body.media_username or media_auth.generate_username(),
+        media_password_enc=svc.box.encrypt(body.media_password or media_auth.generate_password()),
         enabled=body.enabled,
     )
     async with svc.db.session() as s:
@@ -274,15 +294,6 @@ async def update_configuration(config_id: str, body: ConfigPatch, org: OrgDep, s
         raise field_errors(bad)
     async with svc.db.session() as s:
         row = await get_owned(s, TelephonyConfiguration, config_id, org.id, "telephony configuration")
-        media_username = body.media_username if "media_username" in fields else row.media_username
-        media_password_set = (
-            body.media_password is not None if "media_password" in fields else bool(row.media_password_enc)
-        )
-        if "media_username" in fields and body.media_username is None and "media_password" not in fields:
-            # Removing the user name switches media authentication off altogether.
-            media_password_set = False
-        _check_media_pair(media_username, media_password_set)
-
         for name in ("name", "provider", "stasis_app_name", "websocket_client_name", "dial_template", "enabled"):
             if name in fields:
                 setattr(row, name, getattr(body, name))
@@ -302,11 +313,11 @@ async def update_configuration(config_id: str, body: ConfigPatch, org: OrgDep, s
             row.ari_endpoint_url, row.endpoint_key = endpoint.url, endpoint.key
         if body.app_password is not None:
             row.app_password_enc = svc.box.encrypt(body.app_password)
-        row.media_username = media_username
-        if "media_password" in fields and body.media_password is not None:
-            row.media_password_enc = svc.box.encrypt(body.media_password)
-        elif not media_password_set:
-            row.media_password_enc = None
+        if "media_username" in fields:
+            row.media_username = body.media_username or media_auth.generate_username()
+        if "media_password" in fields:
+            row.media_password_enc = svc.box.encrypt(body.media_password or media_auth.generate_password())
+        media_auth.fill_missing(row, svc.box)  # a row an older version saved without credentials
 
         await _check_app_free(s, org, row, row.id)
         try:
@@ -324,6 +335,29 @@ async def delete_configuration(config_id: str, org: OrgDep, svc: ServicesDep) ->
         await s.delete(row)
     await _notify(svc, config_id, deleted=True)
     return Response(status_code=204)
+
+
+@router.get("/telephony-configurations/{config_id}/asterisk-snippets", response_model=SnippetList)
+async def configuration_snippets(config_id: str, org: OrgDep, svc: ServicesDep, response: Response) -> SnippetList:
+    """The Asterisk side of this configuration as text to paste. The websocket_client.conf text holds the
+    media password: the only response that does, answered only to the configuration's organization."""
+    async with svc.db.session() as s:
+        row = await get_owned(s, TelephonyConfiguration, config_id, org.id, "telephony configuration")
+        extensions = list(
+            (
+                await s.scalars(
+                    select(PhoneNumber.address)
+                    .where(PhoneNumber.telephony_configuration_id == row.id, PhoneNumber.organization_id == org.id)
+                    .order_by(PhoneNumber.address)
+                )
+            ).all()
+        )
+    items, media_uri = media_auth.configuration_snippets(svc, row, extensions)
+    response.headers["Cache-Control"] = "no-store"
+    return SnippetList(
+        media_uri=media_uri,
+        items=[SnippetOut(filename=i.filename, title=i.title, text=i.text, notes=list(i.notes)) for i in items],
+    )
 
 
 @router.get("/telephony-configurations/{config_id}/status")

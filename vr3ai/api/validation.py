@@ -65,7 +65,7 @@ def _display_name(value: str) -> str:
 def _media_username(value: str) -> str:
     _no_outer_spaces(value)
     if not value:
-        raise ValueError("must not be empty (leave it out or set null for no authentication)")
+        raise ValueError("must not be empty (leave it out or set null to have one generated)")
     if ":" in value or any(c.isspace() or not c.isprintable() for c in value):
         raise ValueError("must not contain ':', spaces or control characters (HTTP Basic auth)")
     if len(value) > 200:

@@ -6,7 +6,8 @@ servers started without that protocol class. From MEDIA_START on both run :func:
 
 Flow per connection: accept (subprotocol ``media`` when offered) -> wait at most
 ``media_start_timeout`` (2 s) for MEDIA_START -> look its ``channel_id`` up in the
-:class:`MediaRegistry` -> check HTTP Basic credentials if that call asked for them -> build a
+:class:`MediaRegistry` -> check the HTTP Basic credentials the call was registered with (every platform call has them:
+:mod:`vr3ai.core.media_auth`) -> build a
 :class:`~vr3ai.media.session.MediaSession`, resolve the call owner's future with it, and read the
 socket until it closes.
 
@@ -254,9 +255,13 @@ class MediaRegistry:
         *,
         engine: MediaEngine | None = None,
         media_start_timeout: float = 2.0,
+        require_credentials: bool = False,
     ) -> None:
         self.config = config or MediaConfig()
         self.engine = engine if engine is not None else MediaEngine()
+        self.require_credentials = require_credentials
+        """Refuse to register a call without ``basic_auth``: the platform's registry sets it, so no
+        call's media socket can ever be opened without the configuration's credentials."""
         self.media_start_timeout = media_start_timeout
         self._expected: dict[str, Expectation] = {}
         self._active: dict[str, MediaSession] = {}
@@ -277,6 +282,8 @@ class MediaRegistry:
         format we cannot handle."""
         if not channel_id or not isinstance(channel_id, str):
             raise ValueError("channel_id must be a non-empty string")
+        if basic_auth is None and self.require_credentials:
+            raise ValueError("media credentials are required: this configuration has no media username and password")
         if channel_id in self._expected or channel_id in self._active:
             raise ValueError(f"channel id already registered: {channel_id}")
         future: asyncio.Future[MediaSession] = asyncio.get_running_loop().create_future()

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import func, select
 
+from vr3ai.core import media_auth
 from vr3ai.db.models import PhoneNumber, TelephonyConfiguration, Workflow
 from vr3ai.services import Services
 from vr3ai.telephony.ari import snippets
@@ -117,9 +118,10 @@ async def _detail_context(svc: Services, viewer: Viewer, row: TelephonyConfigura
             ).all()
         )
         workflows = await org_workflows(s, viewer.org.id)
-    settings = svc.settings
-    public_url = settings.effective_public_url()
-    tls_port = settings.media_tls_port if settings.media_tls_cert and settings.media_tls_key else 0
+    # The only page that shows the media password: inside the websocket_client.conf snippet, to the
+    # configuration's own organization (``owned`` checked that), never cached (render sends no-store).
+    config_snippets, media_uri = media_auth.configuration_snippets(svc, row, [n.address for n in numbers])
+    public_url = svc.settings.effective_public_url()
     return {
         "row": row,
         "numbers": numbers,
@@ -127,16 +129,8 @@ async def _detail_context(svc: Services, viewer: Viewer, row: TelephonyConfigura
         "workflow_names": {w.id: w.name for w in workflows},
         "status": await live_status(svc, row.id),
         "telephony_running": svc.telephony is not None,
-        "snippets": snippets.asterisk_snippets(
-            ari_endpoint_url=row.ari_endpoint_url,
-            stasis_app_name=row.stasis_app_name,
-            websocket_client_name=row.websocket_client_name,
-            public_url=public_url,
-            media_tls_port=tls_port,
-            extensions=[n.address for n in numbers],
-            media_username=row.media_username,
-        ),
-        "media_uri": snippets.media_ws_uri(public_url, tls_port=tls_port),
+        "snippets": config_snippets,
+        "media_uri": media_uri,
         "public_url_is_loopback": snippets.is_loopback_url(public_url),
         "number_errors": {},
         "number_values": {},

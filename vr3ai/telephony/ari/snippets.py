@@ -12,9 +12,11 @@ know matter on Asterisk 22:
 * The media URI is derived from the platform's public URL (``http`` → ``ws``, ``https`` → ``wss``)
   or, when a separate TLS media listener is configured, from that port.
 
-Secrets are never rendered: the ARI and media passwords appear as the guide's placeholders
-(``your_secure_password``) with a comment saying which value to put there. The functions never
-receive a password, so they cannot leak one.
+The ARI password is never rendered: it is the operator's own, so it appears as the guide's
+placeholder (``your_secure_password``) with a comment saying which value to put there. The media
+password is different: VR3 AI generates it for the configuration (``vr3ai.core.media_auth``) and
+Asterisk must present it, so the ``websocket_client.conf`` snippet carries it when the caller
+passes it. Callers pass it only when showing the snippets to the configuration's own organization.
 """
 
 from __future__ import annotations
@@ -162,6 +164,7 @@ def websocket_client_conf(
     uri: str,
     *,
     media_username: str | None = None,
+    media_password: str | None = None,
     ca_list_file: str = DEFAULT_CA_FILE,
 ) -> Snippet:
     tls = uri.lower().startswith("wss://")
@@ -173,9 +176,12 @@ def websocket_client_conf(
         "protocols = media",
     ]
     if media_username:
-        lines.append(f"username = {media_username}")
-        lines.append(f"; replace {MEDIA_PASSWORD_PLACEHOLDER} with the media password you saved in VR3 AI")
-        lines.append(f"password = {MEDIA_PASSWORD_PLACEHOLDER}")
+        lines.append(f"username = {conf_value(media_username)}")
+        if media_password:
+            lines.append(f"password = {conf_value(media_password)}")
+        else:
+            lines.append(f"; replace {MEDIA_PASSWORD_PLACEHOLDER} with the media password you saved in VR3 AI")
+            lines.append(f"password = {MEDIA_PASSWORD_PLACEHOLDER}")
     if tls:
         lines += ["tls_enabled = yes", f"ca_list_file = {ca_list_file}"]
     else:
@@ -187,6 +193,11 @@ def websocket_client_conf(
         f"The section name ({websocket_client_name}) is the WebSocket Client Name of this configuration. "
         "This name tells Asterisk which WebSocket connection to use for external media streaming during calls."
     )
+    if media_username and media_password:
+        notes.append(
+            "username and password are this configuration's media credentials: VR3 AI refuses a media connection "
+            "without them. Keep the password secret (chmod 640 websocket_client.conf, owned by Asterisk's user)."
+        )
     notes.append(ULAW_NOTE)
     return Snippet(
         "websocket_client.conf",
@@ -194,6 +205,11 @@ def websocket_client_conf(
         "\n".join(lines) + "\n",
         tuple(notes),
     )
+
+
+def conf_value(value: str) -> str:
+    """``value`` as Asterisk's config parser reads it back: ``;`` starts a comment unless escaped."""
+    return value.replace(";", "\\;")
 
 
 def reload_commands() -> Snippet:
@@ -219,6 +235,7 @@ def asterisk_snippets(
     media_tls_port: int = 0,
     extensions: list[str] | tuple[str, ...] = (),
     media_username: str | None = None,
+    media_password: str | None = None,
 ) -> list[Snippet]:
     """All snippets for one configuration, in the guide's order, then the reload commands."""
     uri = media_ws_uri(public_url, tls_port=media_tls_port)
@@ -226,6 +243,6 @@ def asterisk_snippets(
         ari_conf(stasis_app_name),
         http_conf(ari_endpoint_url),
         extensions_conf(stasis_app_name, extensions),
-        websocket_client_conf(websocket_client_name, uri, media_username=media_username),
+        websocket_client_conf(websocket_client_name, uri, media_username=media_username, media_password=media_password),
         reload_commands(),
     ]
