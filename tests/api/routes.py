@@ -17,6 +17,7 @@ ROUTES: list[tuple[str, str]] = [
     ("PATCH", "/api/v1/telephony-configurations/{config_id}"),
     ("DELETE", "/api/v1/telephony-configurations/{config_id}"),
     ("GET", "/api/v1/telephony-configurations/{config_id}/status"),
+    ("GET", "/api/v1/telephony-configurations/{config_id}/asterisk-snippets"),
     ("POST", "/api/v1/telephony-configurations/{config_id}/phone-numbers"),
     ("GET", "/api/v1/telephony-configurations/{config_id}/phone-numbers"),
     ("GET", "/api/v1/telephony-configurations/{config_id}/phone-numbers/{number_id}"),

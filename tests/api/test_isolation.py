@@ -45,7 +45,7 @@ async def test_every_route_answers_404_for_another_organizations_objects(
         ("PATCH", "/api/v1/telephony-configurations/{config_id}/phone-numbers/{number_id}"): {"address": "9000"},
     }
     owned_routes = [(m, t) for m, t in ROUTES if "{" in t]
-    assert len(owned_routes) == 16
+    assert len(owned_routes) == 17
     attempts = [(m, t.format(**ids), bodies.get((m, t))) for m, t in owned_routes]
     # Another organization's objects referenced from one's own URL or body.
     attempts += [
