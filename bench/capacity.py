@@ -649,7 +649,7 @@ async def main() -> None:
         choices=["ring", "pairs", "tickreads"],
         help="A/B inside the last step: switch this mechanism on and off in the running platform "
         "(ring: io_uring batched sends, vr3ai.media.uring; pairs: two frames every other tick, "
-        "MediaConfig.paired_sends_from; tickreads: sockets read by the clock's tick, vr3ai.media.tickread) "
+        "MediaTuning.paired_sends_from; tickreads: sockets read by the clock's tick, vr3ai.media.tickread) "
         "and report CPU and quality per window",
     )
     ap.add_argument("--ab-windows", type=int, default=4, help="windows per state for --ab")

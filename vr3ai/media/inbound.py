@@ -1,8 +1,10 @@
-"""Caller audio of one call, from the socket to the agent: pushed to a listening agent, else queued.
+"""What Asterisk sends one call: caller audio to the agent, control events to the play-out model.
 
 The reader never blocks: each frame is decoded to PCM16 and handed to the agent's handler if it
 listens (a plain call, no task wake-up per frame), else appended to a bounded queue for
-``frames()``; if that agent falls behind, the oldest frames are dropped and counted.
+``frames()``; if that agent falls behind, the oldest frames are dropped and counted. Text messages
+are parsed (:func:`~vr3ai.media.protocol.parse_event` never raises) and dispatched by
+:class:`ControlEvents`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,22 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from vr3ai.media.codec import WireFormat
+from vr3ai.media.interface import CallEvent, Dtmf
+from vr3ai.media.playout import Playout
+from vr3ai.media.protocol import (
+    DtmfEnd,
+    ErrorEvent,
+    Malformed,
+    MediaBufferingCompleted,
+    MediaMarkProcessed,
+    MediaStart,
+    MediaXoff,
+    MediaXon,
+    QueueDrained,
+    Status,
+    UnknownEvent,
+    parse_event,
+)
 from vr3ai.media.recording import CallRecorder
 
 if TYPE_CHECKING:
@@ -22,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("vr3ai.media.session")
 
 T = TypeVar("T")
+
+_MAX_LOGGED_UNKNOWN = 5
 
 
 class DropQueue(Generic[T]):
@@ -173,3 +193,51 @@ class CallerAudio:
         done = self._sink_done
         if done is not None and not done.done():
             done.set_result(None)
+
+
+class ControlEvents:
+    """Asterisk's control events of one call: to the play-out model, or to the agent's events."""
+
+    def __init__(
+        self, out: Playout, events: DropQueue[CallEvent], stats: MediaStats, t0: float, log_extra: dict[str, str]
+    ) -> None:
+        self._out = out
+        self._events = events
+        self._stats = stats
+        self._t0 = t0
+        self._log_extra = log_extra
+        self.last_error: str | None = None
+        self._unknown_logged = 0
+
+    def on_text(self, text: str, now: float) -> None:
+        """One text message from Asterisk, arrived at ``now``."""
+        event = parse_event(text)
+        if isinstance(event, MediaMarkProcessed):
+            self._out.on_mark_processed(event, now)
+        elif isinstance(event, DtmfEnd):
+            self._events.push(Dtmf(event.digit, int((now - self._t0) * 1000)))
+        elif isinstance(event, Status):
+            self._out.on_status(event, now)
+        elif isinstance(event, MediaXoff):
+            self._out.xoff = True
+            self._stats.xoff += 1
+            log.warning("Asterisk sent MEDIA_XOFF; holding audio", extra=self._log_extra)
+        elif isinstance(event, MediaXon):
+            self._out.on_xon()
+        elif isinstance(event, ErrorEvent):
+            self._stats.errors += 1
+            self.last_error = event.error_text
+            log.warning(
+                "Asterisk media ERROR: %s",
+                event.error_text,
+                extra={**self._log_extra, "error_text": event.error_text},
+            )
+        elif isinstance(event, QueueDrained | MediaBufferingCompleted):
+            log.debug("media event %s", type(event).__name__, extra=self._log_extra)
+        elif isinstance(event, MediaStart):
+            log.warning("duplicate MEDIA_START ignored", extra=self._log_extra)
+        elif isinstance(event, UnknownEvent | Malformed):
+            self._stats.unknown_messages += 1
+            level = logging.WARNING if self._unknown_logged < _MAX_LOGGED_UNKNOWN else logging.DEBUG
+            self._unknown_logged += 1
+            log.log(level, "unrecognised media text message", extra={**self._log_extra, "raw": event.raw[:120]})

@@ -105,6 +105,37 @@ class StatusProbe:
         self._waiters.clear()
 
 
+class Sender:
+    """What one call writes: the frames of one service as one message (one syscall instead of
+    several), commands in order behind them."""
+
+    __slots__ = ("_control_format", "_log_extra", "_stats", "_transport", "batch")
+
+    def __init__(
+        self, transport: MediaTransport, control_format: ControlFormat, stats: MediaStats, log_extra: dict[str, str]
+    ) -> None:
+        self._transport = transport
+        self._control_format = control_format
+        self._stats = stats
+        self._log_extra = log_extra
+        self.batch: list[bytes] = []
+
+    def flush(self) -> None:
+        batch = self.batch
+        if batch:
+            self._transport.send_bytes(batch[0] if len(batch) == 1 else b"".join(batch))
+            batch.clear()
+            self._stats.messages_out += 1
+
+    def command(self, command: Command) -> None:
+        # Text must not overtake audio batched before it (MARK_MEDIA follows its last frame).
+        self.flush()
+        try:
+            self._transport.send_text(format_command(command, self._control_format))
+        except Exception:
+            log.exception("could not send %s", type(command).__name__, extra=self._log_extra)
+
+
 class Playout:
     """The play-out model and pacing of one call (see module doc). Serviced by the clock."""
 
@@ -125,8 +156,9 @@ class Playout:
     ) -> None:
         self._engine = engine
         self._clock = engine.clock
-        self._transport = transport
-        self._control_format = control_format
+        self._sender = Sender(transport, control_format, stats, log_extra)
+        self._batch = self._sender.batch
+        self.send_command = self._sender.command
         self.config = config
         self.stats = stats
         self.stream = stream
@@ -153,8 +185,6 @@ class Playout:
         self._last_service: float | None = None
         self._frames_sent_total = 0
         self._flush_gen = 0
-        self._batch: list[bytes] = []
-        """Frames of the current service, sent as one message (one syscall instead of several)."""
         self._mark_seq = 0
         self._local_marks: deque[_Mark] = deque()
         self._pending_marks: dict[str, _Mark] = {}
@@ -213,17 +243,9 @@ class Playout:
             self.fill(now)
         return round(dropped_ms)
 
-    def queued_ms(self) -> int:
-        pos = self._heard_pos(self._clock.now())
-        return round(self.stream.ms(self.stream.unheard_bytes(pos)))
-
-    def heard_ms_of(self, mark: str) -> int | None:
-        seg = self.stream.segments.get(mark)
-        if seg is None:
-            return None
-        if seg.frozen_ms is not None:
-            return round(seg.frozen_ms)
-        return round(self.stream.heard_ms(seg, self._heard_pos(self._clock.now())))
+    def heard_pos(self) -> int:
+        """Stream offset up to which the caller has heard the agent's audio by now."""
+        return self._heard_pos(self._clock.now())
 
     @property
     def lead_ms(self) -> float:
@@ -266,7 +288,7 @@ class Playout:
                 if not self._send_frame(now):
                     streaming = False
                     break
-        self._flush_batch()
+        self._sender.flush()
         self._streaming = streaming and (self._send_silence or self.stream.end_off > self.stream.sent_off)
 
     def _send_frame(self, now: float) -> bool:
@@ -408,18 +430,3 @@ class Playout:
         self._pending_marks[mark.wire_id] = mark
         self.stats.marks_sent += 1
         self.send_command(MarkMedia(mark.wire_id))
-
-    def _flush_batch(self) -> None:
-        batch = self._batch
-        if batch:
-            self._transport.send_bytes(batch[0] if len(batch) == 1 else b"".join(batch))
-            batch.clear()
-            self.stats.messages_out += 1
-
-    def send_command(self, command: Command) -> None:
-        # Text must not overtake audio batched before it (MARK_MEDIA follows its last frame).
-        self._flush_batch()
-        try:
-            self._transport.send_text(format_command(command, self._control_format))
-        except Exception:
-            log.exception("could not send %s", type(command).__name__, extra=self._log_extra)

@@ -56,25 +56,15 @@ from typing import Literal, TypeVar
 from vr3ai.media.clock import MediaClock
 from vr3ai.media.codec import WireFormat, wire_format
 from vr3ai.media.engine import MediaEngine
-from vr3ai.media.inbound import CallerAudio, DropQueue
-from vr3ai.media.interface import CallEnded, CallEvent, Dtmf
+from vr3ai.media.inbound import CallerAudio, ControlEvents, DropQueue
+from vr3ai.media.interface import CallEnded, CallEvent
 from vr3ai.media.playout import Playout
 from vr3ai.media.protocol import (
     Command,
     ControlFormat,
-    DtmfEnd,
-    ErrorEvent,
     Hangup,
-    Malformed,
-    MediaBufferingCompleted,
-    MediaMarkProcessed,
     MediaStart,
-    MediaXoff,
-    MediaXon,
-    QueueDrained,
     Status,
-    UnknownEvent,
-    parse_event,
 )
 from vr3ai.media.recording import CallRecorder
 from vr3ai.media.stream import AgentStream
@@ -174,7 +164,6 @@ class MediaStats:
 
 _MIN_FRAME_MS = 10.0
 _MAX_FRAME_MS = 200.0
-_MAX_LOGGED_UNKNOWN = 5
 
 
 class MediaSession:
@@ -207,7 +196,6 @@ class MediaSession:
         self.control_format = control_format
         self.sample_rate: int = wire.sample_rate
         self.stats = MediaStats()
-        self.last_error: str | None = None
 
         self._transport = transport
         self._clock = engine.clock
@@ -231,13 +219,14 @@ class MediaSession:
         )
         self._t0 = self._out.t0
 
+        self._control = ControlEvents(self._out, self._events_q, self.stats, self._t0, self._log_extra)
         self._in = CallerAudio(
             wire,
             max_frames=self.config.max_inbound_frames,
             stats=self.stats,
             recorder=self._recorder,
             t0=self._t0,
-            on_text=self._on_text,
+            on_text=self._control.on_text,
             log_extra=self._log_extra,
         )
 
@@ -247,7 +236,6 @@ class MediaSession:
         self._closing = False
         self._finished = False
         self._local_close: tuple[str, int] | None = None
-        self._unknown_logged = 0
         self._recording_task: asyncio.Task[None] | None = None
         self.closed: asyncio.Future[CloseInfo] = self._loop.create_future()
         """Resolves once when the socket is gone, whoever closed it."""
@@ -258,6 +246,11 @@ class MediaSession:
     def transport(self) -> MediaTransport:
         """The socket this session was handed (for its counters; the session owns its use)."""
         return self._transport
+
+    @property
+    def last_error(self) -> str | None:
+        """The text of Asterisk's last ERROR event."""
+        return self._control.last_error
 
     @property
     def xoff(self) -> bool:
@@ -310,7 +303,7 @@ class MediaSession:
 
     def queued_ms(self) -> int:
         """Agent audio queued (here or at Asterisk) that the caller has not heard yet."""
-        return self._out.queued_ms()
+        return round(self._out.stream.unheard_ms(self._out.heard_pos()))
 
     def heard_ms_of(self, mark: str) -> int | None:
         """How much of the utterance closed by ``play(..., mark=mark)`` the caller has heard, in ms.
@@ -318,7 +311,10 @@ class MediaSession:
         The utterance is all audio queued after the previous mark (or the last flush) up to that
         mark. It grows while it plays, is complete once MarkHeard fired, and is frozen by
         :meth:`flush` at what had been played. None for an unknown (or long forgotten) mark."""
-        return self._out.heard_ms_of(mark)
+        if mark not in self._out.stream.segments:
+            return None
+        heard = self._out.stream.heard_ms_of(mark, self._out.heard_pos())
+        return None if heard is None else round(heard)
 
     def clock_ms(self) -> int:
         return int((self._clock.now() - self._t0) * 1000)
@@ -399,38 +395,6 @@ class MediaSession:
     def deliver(self, msg: str | bytes, arrived_at: float) -> None:
         """One message from Asterisk and when it arrived (clock time base)."""
         self._in.deliver(msg, arrived_at)
-
-    def _on_text(self, text: str, now: float) -> None:
-        event = parse_event(text)
-        if isinstance(event, MediaMarkProcessed):
-            self._out.on_mark_processed(event, now)
-        elif isinstance(event, DtmfEnd):
-            self._events_q.push(Dtmf(event.digit, int((now - self._t0) * 1000)))
-        elif isinstance(event, Status):
-            self._out.on_status(event, now)
-        elif isinstance(event, MediaXoff):
-            self._out.xoff = True
-            self.stats.xoff += 1
-            log.warning("Asterisk sent MEDIA_XOFF; holding audio", extra=self._log_extra)
-        elif isinstance(event, MediaXon):
-            self._out.on_xon()
-        elif isinstance(event, ErrorEvent):
-            self.stats.errors += 1
-            self.last_error = event.error_text
-            log.warning(
-                "Asterisk media ERROR: %s",
-                event.error_text,
-                extra={**self._log_extra, "error_text": event.error_text},
-            )
-        elif isinstance(event, QueueDrained | MediaBufferingCompleted):
-            log.debug("media event %s", type(event).__name__, extra=self._log_extra)
-        elif isinstance(event, MediaStart):
-            log.warning("duplicate MEDIA_START ignored", extra=self._log_extra)
-        elif isinstance(event, UnknownEvent | Malformed):
-            self.stats.unknown_messages += 1
-            level = logging.WARNING if self._unknown_logged < _MAX_LOGGED_UNKNOWN else logging.DEBUG
-            self._unknown_logged += 1
-            log.log(level, "unrecognised media text message", extra={**self._log_extra, "raw": event.raw[:120]})
 
     # ------------------------------------------------------------------ teardown
 

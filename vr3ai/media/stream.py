@@ -135,12 +135,18 @@ class AgentStream:
         self._pcm_carry = b""
         return max(dropped, 0)
 
-    def unheard_bytes(self, pos: int) -> int:
-        """Agent audio after stream offset ``pos`` (holes excluded)."""
-        return max((self.end_off - pos) - self.hole_bytes(pos, self.end_off), 0)
+    def unheard_ms(self, pos: int) -> float:
+        """Agent audio after stream offset ``pos`` (holes excluded), in ms."""
+        return self.ms(max((self.end_off - pos) - self.hole_bytes(pos, self.end_off), 0))
 
-    def heard_ms(self, seg: Segment, pos: int) -> float:
-        """How much of ``seg`` lies before stream offset ``pos``, in ms."""
+    def heard_ms_of(self, mark: str, pos: int) -> float | None:
+        """How much of the utterance closed by ``mark`` lies before stream offset ``pos`` (or was
+        frozen at), in ms; None for an unknown mark."""
+        seg = self.segments.get(mark)
+        if seg is None:
+            return None
+        if seg.frozen_ms is not None:
+            return seg.frozen_ms
         return self.ms(min(max(pos - seg.start, 0), seg.end - seg.start))
 
     def pad(self, n: int) -> None:
