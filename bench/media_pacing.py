@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vr3ai.media.clock import MediaClock
 from vr3ai.media.protocol import MediaStart
 from vr3ai.media.session import MediaConfig, MediaSession
+from vr3ai.media.transport import Deliver, pump
 
 with warnings.catch_warnings():
     # audioop is C and per-frame RMS is what the minimal agent does; it leaves the stdlib in 3.13.
@@ -70,6 +71,9 @@ class BenchTransport:
 
     async def receive(self) -> str | bytes | None:
         return await self.inbox.get()
+
+    async def attach(self, deliver: Deliver, time: Callable[[], float]) -> None:
+        await pump(self.receive, deliver, time)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         self.close_code = code
@@ -334,7 +338,7 @@ async def bench_real(n: int, seconds: float, asgi: bool = False) -> Result:
     for s in sessions:
         sends: list[float] = []
         server_sends.append(sends)
-        s._transport.send_bytes = _recording_send(s._transport.send_bytes, sends)  # type: ignore[method-assign,assignment]
+        s.transport.send_bytes = _recording_send(s.transport.send_bytes, sends)  # type: ignore[method-assign]
     await asyncio.sleep(0.5)
     for sends in server_sends:
         sends.clear()
