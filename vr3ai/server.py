@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import shlex
 import signal
 import sys
 from typing import Any
@@ -41,12 +43,15 @@ def uvicorn_config(app: Any, **kw: Any) -> uvicorn.Config:
     )
 
 
-def _cli() -> str:
-    """How this very installation's CLI is invoked (the venv is usually not on PATH)."""
+def _cli(settings: Settings | None = None) -> str:
+    """How this very installation's CLI is invoked (the venv is usually not on PATH), with the data
+    folder when it was set: scripts/run.sh's server runs in /var/lib/vr3ai/data, the operator's shell
+    does not."""
     argv0 = sys.argv[0] if sys.argv else ""
-    if argv0.endswith("/vr3ai"):
-        return argv0
-    return f"{sys.executable} -m vr3ai"
+    cli = argv0 if argv0.endswith("/vr3ai") else f"{sys.executable} -m vr3ai"
+    if settings is not None and os.environ.get("VR3AI_DATA_DIR"):
+        cli = f"VR3AI_DATA_DIR={shlex.quote(str(settings.data_dir.resolve()))} {cli}"
+    return cli
 
 
 async def _serve(settings: Settings) -> None:
@@ -62,7 +67,7 @@ async def _serve(settings: Settings) -> None:
             "\nVR3 AI: created the default organization for this new data folder.\n"
             f"  organization id: {org_id}\n"
             f"  API key (shown once, store it now): {key}\n"
-            f"  Dashboard sign-in: run  {_cli()} user create {org_id} you@example.com  then open "
+            f"  Dashboard sign-in: run  {_cli(settings)} user create {org_id} you@example.com  then open "
             f"{settings.effective_public_url()}/login\n",
             file=sys.stdout,
             flush=True,
