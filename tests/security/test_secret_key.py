@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,16 @@ def test_rotate_environment_key_and_legacy_passphrase(
     assert values == ["ari-pass", "media-pass", "sk-llm-value"]
     # The key file is not for environment keys.
     assert main(["secrets", "rotate", "--new-key"]) == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_new_key_file_keeps_its_owner(tmp_path: Path) -> None:
+    """``sudo vr3ai secrets rotate --new-key`` must leave secret.key readable by the server's user."""
+    from vr3ai.core.secrets import write_key_file
+
+    path = tmp_path / "secret.key"
+    path.write_text(Fernet.generate_key().decode())
+    os.chown(path, 4242, 4343)
+    write_key_file(path, [Fernet.generate_key().decode(), path.read_text()])
+    st = path.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4242, 4343, 0o600)

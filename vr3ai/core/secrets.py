@@ -111,7 +111,9 @@ def read_key_file(path: Path) -> list[str]:
 
 
 def write_key_file(path: Path, keys: Sequence[str]) -> None:
-    """Replace ``secret.key`` atomically (a crash leaves the old or the new file, never half)."""
+    """Replace ``secret.key`` atomically (a crash leaves the old or the new file, never half). The new
+    file keeps the old one's owner: run as root (``sudo vr3ai secrets rotate``), it must stay readable by
+    the user the server runs as."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -119,6 +121,9 @@ def write_key_file(path: Path, keys: Sequence[str]) -> None:
         f.write("".join(k + "\n" for k in keys))
         f.flush()
         os.fsync(f.fileno())
+        if path.exists() and os.geteuid() == 0:
+            st = path.stat()
+            os.fchown(f.fileno(), st.st_uid, st.st_gid)
     os.replace(tmp, path)
 
 
