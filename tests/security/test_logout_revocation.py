@@ -33,3 +33,24 @@ async def test_logout_survives_a_restart(tmp_path: Path) -> None:
             assert r.status_code == 303 and r.headers["location"].startswith("/login")
         async with p.client(cookies={SESSION_COOKIE: other_cookie}) as http:
             assert (await http.get("/account")).status_code == 200
+
+
+async def test_expired_revocations_are_pruned(tmp_path: Path) -> None:
+    """The table holds only sessions whose cookies could still be presented (bounded growth)."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from vr3ai.db.models import RevokedSession, utcnow
+    from vr3ai.web.auth import WebState
+
+    async with start_platform(tmp_path) as p:
+        db = p.services.db
+        async with db.session() as s, s.begin():
+            s.add(RevokedSession(sid="long-expired", expires_at=utcnow() - timedelta(hours=1)))
+            s.add(RevokedSession(sid="still-valid", expires_at=utcnow() + timedelta(hours=1)))
+        await WebState(p.services).revoke("just-now")
+        await WebState(p.services).revoke("just-now")  # twice: no error, one row
+        async with db.session() as s:
+            sids = set((await s.scalars(select(RevokedSession.sid))).all())
+        assert sids == {"still-valid", "just-now"}
