@@ -1,4 +1,4 @@
-"""The measurements behind "own pipeline, not pipecat" (see vr3ai/agent/pipeline.py docstring).
+"""The measurements behind "own pipeline, not pipecat" (see vr3ai/agent/pipeline.py and bench/README.md).
 
 Same audio, same models, stage by stage, offline (no real-time playback needed):
 

@@ -107,6 +107,12 @@ class SpeechToText(ABC):
     async def transcribe(self, pcm: bytes, sample_rate: int) -> Transcript:
         """Transcribe one utterance (PCM16 mono). Never blocks the event loop."""
 
+    def has_idle_worker(self) -> bool:
+        """Whether a transcription started now would run at once. Engines with a bounded worker
+        pool say no while every worker is busy (the agent then waits longer before a speculative
+        run, which may be wasted); remote engines always can."""
+        return True
+
     async def close(self) -> None:
         """Release resources. Idempotent."""
         return None

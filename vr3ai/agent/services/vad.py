@@ -40,6 +40,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+SAMPLE_RATE = 8000
+"""The rate the model runs at here (telephony audio, never resampled for the VAD)."""
 WINDOW_8K = 256
 CONTEXT_8K = 32
 
@@ -78,7 +80,7 @@ class SileroModel:
         self.session = onnxruntime.InferenceSession(
             str(self.path), sess_options=opts, providers=["CPUExecutionProvider"]
         )
-        self._sr = np.array(8000, dtype=np.int64)
+        self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
 
     @classmethod
     def shared(cls) -> SileroModel:
@@ -133,6 +135,8 @@ class VadEvent:
 class SileroVad:
     """Per-call VAD stream: feed PCM16 8 kHz of any length, get events."""
 
+    sample_rate = SAMPLE_RATE
+
     def __init__(self, model: SileroModel, params: VadParams | None = None) -> None:
         self.model = model
         self.params = params or VadParams()
@@ -153,7 +157,7 @@ class SileroVad:
 
     @property
     def stream_ms(self) -> int:
-        return self._samples * 1000 // 8000
+        return self._samples * 1000 // SAMPLE_RATE
 
     @property
     def quiet_ms(self) -> int:
@@ -195,14 +199,14 @@ class SileroVad:
         self._buf += pcm
         events: list[VadEvent] = []
         win_bytes = WINDOW_8K * 2
-        win_ms = WINDOW_8K * 1000 // 8000  # 32
+        win_ms = WINDOW_8K * 1000 // SAMPLE_RATE  # 32
         p = self.params
         while len(self._buf) >= win_bytes:
             samples = np.frombuffer(bytes(self._buf[:win_bytes]), dtype="<i2")
             del self._buf[:win_bytes]
-            start_ms = self._samples * 1000 // 8000
+            start_ms = self._samples * 1000 // SAMPLE_RATE
             self._samples += WINDOW_8K
-            end_ms = self._samples * 1000 // 8000
+            end_ms = self._samples * 1000 // SAMPLE_RATE
             prob = self._prob(samples)
             self.last_prob = prob
             self.windows += 1

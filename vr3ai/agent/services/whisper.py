@@ -199,6 +199,9 @@ class WhisperSTT(SpeechToText):
         speech_ms = len(pcm) // 2 * 1000 // sample_rate
         return filter_transcript(text, lp, ns, speech_ms=speech_ms, stt_ms=ms)
 
+    def has_idle_worker(self) -> bool:
+        return self.busy < self.workers
+
     async def transcribe(self, pcm: bytes, sample_rate: int) -> Transcript:
         if self._whisper is None:
             await self.start()
