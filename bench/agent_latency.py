@@ -35,9 +35,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.fakes.call_audio import FakeCallAudio
 from tests.unit.agent.agent_helpers import ScriptedSTT, caller_speech
 from vr3ai.agent.base import CallContext, RunReport
-from vr3ai.agent.fake_audio import FakeCallAudio
 from vr3ai.agent.pipeline import PipelineConfig, VoicePipeline
 from vr3ai.agent.responders.base import CallerTurn, Hangup, ReplyPart, ResponderState, Say
 from vr3ai.agent.services.runtime import RuntimeConfig, VoiceRuntime

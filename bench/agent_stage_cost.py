@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
+from tests.fakes.call_audio import speech_bounds
 from tests.unit.agent.agent_helpers import caller_speech
-from vr3ai.agent.fake_audio import speech_bounds
 from vr3ai.agent.services.audio import pcm16_to_float, resample_float
 from vr3ai.agent.services.flite import FliteTTS
 from vr3ai.agent.services.piper import PiperTTS

@@ -1,6 +1,7 @@
 """Turn-taking logic of ``VoicePipeline`` without models: an energy 'VAD', scripted STT and a tone
-'TTS', driven in real time through ``FakeCallAudio``. Fast and deterministic; the same behaviours
-with the real models are in ``test_agent_voice.py``."""
+'TTS', driven through ``FakeCallAudio`` on virtual time (``VirtualTimeLoop``: sleeps and timeouts
+take no real time). Fast and deterministic; the same behaviours with the real models, in real
+time, are in ``test_agent_voice.py``."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import asyncio
 
 import pytest
 
+from tests.fakes.call_audio import FakeCallAudio
 from vr3ai.agent.base import CallContext, RunReport
-from vr3ai.agent.fake_audio import FakeCallAudio
 from vr3ai.agent.pipeline import PipelineConfig, VoicePipeline
 from vr3ai.agent.responders.base import Hangup, Say
 from vr3ai.agent.services.base import ServiceError
 from vr3ai.agent.services.cache import TtsCache, cache_key
 
 from .agent_helpers import EnergyVadModel, ScriptedSTT, StubResponder, ToneTTS, metric_rows, tone
+
+pytestmark = pytest.mark.virtual_time
 
 CTX = CallContext("run-1", "org-1", "wf-1", {}, {"caller_number": "100"}, {"KEY": "sk-secret"})
 LONG = " ".join(["word"] * 40) + "."

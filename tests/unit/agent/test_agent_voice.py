@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from tests.fakes.call_audio import FakeCallAudio
 from vr3ai.agent.base import CallContext, RunReport
-from vr3ai.agent.fake_audio import FakeCallAudio
 from vr3ai.agent.pipeline import PipelineConfig, VoicePipeline
 from vr3ai.agent.responders.base import Hangup, Say
 from vr3ai.agent.services.runtime import RuntimeConfig, VoiceRuntime

@@ -1,6 +1,9 @@
 """``FakeCallAudio``: an in-memory :class:`~vr3ai.media.interface.CallAudio` for agent tests and
 benchmarks.
 
+Its clock is the running event loop's (``loop.time()``): real time in benchmarks and the tests with
+real models, virtual time on :class:`tests.fakes.virtual_time.VirtualTimeLoop`.
+
 It models what matters for turn-taking and barge-in without Asterisk:
 
 * **Caller side, a continuous line.** A background task sends one 20 ms frame every 20 ms (real
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -38,6 +40,7 @@ class PlayedChunk:
     pcm: bytes
     mark: str | None
     queued_at_ms: float
+    sample_rate: int = 8000
     cut: bool = False
     dropped: bool = False
     handle: asyncio.TimerHandle | None = field(default=None, repr=False)
@@ -46,7 +49,7 @@ class PlayedChunk:
     def heard_pcm(self) -> bytes:
         if self.dropped:
             return b""
-        n = int((self.end_ms - self.start_ms) * 8) * 2
+        n = int((self.end_ms - self.start_ms) * self.sample_rate / 1000) * 2
         return self.pcm[: max(0, n)]
 
 
@@ -91,7 +94,8 @@ class FakeCallAudio:
         self.noise_dbfs = noise_dbfs
         self.gaps = gaps
         self._frame_bytes = sample_rate * frame_ms // 1000 * 2
-        self._t0 = time.monotonic()
+        self._loop = asyncio.get_running_loop()
+        self._t0 = self._loop.time()
         self._frames: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._events: asyncio.Queue[CallEvent | None] = asyncio.Queue()
         self._pending = bytearray()
@@ -114,7 +118,7 @@ class FakeCallAudio:
         return int(self._clock())
 
     def _clock(self) -> float:
-        return (time.monotonic() - self._t0) * 1000.0 * self.speed
+        return (self._loop.time() - self._t0) * 1000.0 * self.speed
 
     async def frames(self) -> AsyncIterator[bytes]:
         self.start_line()
@@ -139,7 +143,7 @@ class FakeCallAudio:
         now = self._clock()
         start = max(now, self._play_end)
         end = start + (len(pcm) // 2) * 1000.0 / self.sample_rate
-        chunk = PlayedChunk(start, end, pcm, mark, now)
+        chunk = PlayedChunk(start, end, pcm, mark, now, self.sample_rate)
         self._play_end = end
         self.played.append(chunk)
         self._open_utt.append(chunk)
@@ -327,12 +331,12 @@ class FakeCallAudio:
 
     async def wait_audio(self, after_ms: float, within_s: float = 10.0) -> PlayedChunk:
         """Wait until agent audio queued at or after ``after_ms`` exists."""
-        deadline = time.monotonic() + within_s
+        deadline = self._loop.time() + within_s
         while True:
             for c in self.played:
                 if c.queued_at_ms >= after_ms and not c.dropped:
                     return c
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self._loop.time()
             if remaining <= 0:
                 raise TimeoutError(f"no agent audio after {after_ms} ms")
             self._played_event.clear()
@@ -341,9 +345,9 @@ class FakeCallAudio:
 
     async def wait_silent(self, within_s: float = 30.0) -> float:
         """Wait until everything queued has been played; returns the clock time."""
-        deadline = time.monotonic() + within_s
+        deadline = self._loop.time() + within_s
         while self.queued_ms() > 0 or (not self.played and not self.ended):
-            if time.monotonic() > deadline:
+            if self._loop.time() > deadline:
                 raise TimeoutError("agent kept talking")
             await asyncio.sleep(0.02)
         return self._clock()
