@@ -113,3 +113,24 @@ async def test_refusal_hangups_in_flight_are_bounded(rig: AriRig) -> None:
     for call in list(rig.conn.live):
         call.request_end("test over", "completed")
     await wait_for(lambda: not rig.conn.live)
+
+
+async def test_orphan_flood_is_bounded_too(rig: AriRig) -> None:
+    """StasisStart of channels that look like our own leftovers ('vr3m-...') cost a hang-up each; a
+    flood of them shares the new-call rate, so pending requests stay bounded."""
+    never = asyncio.Event()
+
+    async def hangup_never_answered(channel_id: str, reason: str = "normal") -> bool:
+        await never.wait()
+        return True
+
+    rig.client.hangup = hangup_never_answered  # type: ignore[method-assign]
+    gen = Gen(random.Random(5))
+    for i in range(FLOOD):
+        rig.feed(gen.stasis_start(f"vr3m-{rig.conn.tag}-{i:012x}", exten="s", state="Up"))
+    await asyncio.sleep(0.01)
+    assert len(rig.conn._background) + len(rig.conn._refusing) <= BURST + 1 + MAX_REFUSING
+    assert rig.conn.flood_refused >= FLOOD - BURST - 1
+    assert await rig.run_rows() == []
+    never.set()
+    await wait_for(lambda: not rig.conn._refusing and not rig.conn._background)

@@ -210,6 +210,12 @@ class AriConnection:
             call.feed(event)
             return
         if etype == "StasisStart":
+            # Every StasisStart of a channel we do not know costs work (a hang-up request, a lookup, a
+            # run): all of them share the configuration's new-call rate, so no flood of any kind
+            # (new calls, fake orphans, calls while draining) piles up tasks or rows.
+            if not self.start_limiter.allow():
+                self._refuse_flood(str(cid))
+                return
             if self._stopping or self.draining:
                 # Shutting down: refuse new calls at once rather than leave them ringing in Stasis.
                 self.record_event("warning", "call refused: VR3 AI is shutting down")
@@ -224,9 +230,6 @@ class AriConnection:
             # One of our own channels that no live call owns (left over from before a restart).
             self.log.warning("hanging up orphan channel", extra={"config_id": self.config.id, "channel_id": cid})
             self._spawn(self._hangup_quietly(cid))
-            return
-        if not self.start_limiter.allow():
-            self._refuse_flood(cid)
             return
         call = Call(self, direction="inbound", channel=channel)
         self._register(call)
