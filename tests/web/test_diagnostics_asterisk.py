@@ -58,7 +58,8 @@ async def test_ws_client_name_probe_creates_no_channel(lab: Any) -> None:
                     },
                 )
             assert err.value.status == 400, err.value
-            assert expected in err.value.message
+            # The server's own words: matched, never shown (message is our status text).
+            assert expected in err.value.remote and expected not in err.value.message
             assert await client.channel(channel_id) is None
         assert not [c for c in await client.channels() if str(c.get("id", "")).startswith("vr3m-diagtest")]
     finally:
