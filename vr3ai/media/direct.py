@@ -92,6 +92,8 @@ _HEAD_7 = struct.Struct("!BB").pack
 _HEAD_16 = struct.Struct("!BBH").pack
 _HEAD_64 = struct.Struct("!BBQ").pack
 _from = int.from_bytes
+_REPEAT = tuple(_from(b"\x01\x00\x00\x00" * words, "little") for words in range(65))
+"""For 0-64 words: the integer that, times a 4-byte key, repeats it that many times."""
 
 
 def _frame(opcode: int, payload: bytes) -> bytes:
@@ -106,8 +108,11 @@ def _frame(opcode: int, payload: bytes) -> bytes:
 def unmask(payload: bytes, key: bytes) -> bytes:
     """XOR ``payload`` with the 4-byte masking ``key`` repeated (RFC 6455 5.3), as two Python
     integers: one XOR over the whole payload, linear in its size (websockets' C helper for this
-    is not part of its public API)."""
+    is not part of its public API). Up to 256 bytes in whole words (a 20 ms frame: 160 of u-law,
+    320 of slin are the next branch), the repeated key is the key times a constant."""
     n = len(payload)
+    if n <= 256 and not n & 3:
+        return (_from(payload, "little") ^ _from(key, "little") * _REPEAT[n >> 2]).to_bytes(n, "little")
     stream = key * (n >> 2) if not n & 3 else (key * ((n >> 2) + 1))[:n]
     return (_from(payload, "little") ^ _from(stream, "little")).to_bytes(n, "little")
 

@@ -78,6 +78,9 @@ class MediaEngine:
     def __init__(self, tuning: MediaTuning | None = None, *, clock: MediaClock | None = None) -> None:
         self.clock = clock if clock is not None else MediaClock()
         self._tuning = tuning or MediaTuning()
+        self.pairs_from = max(0, self._tuning.paired_sends_from)
+        """``paired_sends_from`` of the current tuning (read-only for others), a plain attribute:
+        sessions check ``len(engine.clock) >= pairs_from`` on every refill; 0 never."""
         self.tick_reader: TickReader | None = None
         """Made at the first enrollment; None before, and where epoll is missing."""
         self.send_batch: SendBatch | None = None
@@ -96,6 +99,7 @@ class MediaEngine:
         """Change the tuning at run time (``bench/capacity.py --ab`` switches one mechanism on and
         off while the same calls stay up). Applies to every socket and session from the next tick."""
         self._tuning = tuning = replace(self._tuning, **changes)
+        self.pairs_from = max(0, tuning.paired_sends_from)
         reader = self.tick_reader
         if reader is not None:
             reader.threshold = tuning.tick_reads_from if tuning.tick_reads_from > 0 else _NEVER
@@ -105,11 +109,6 @@ class MediaEngine:
         if batch is not None:
             batch.enabled = tuning.ring_sends and batch.trusted
         return tuning
-
-    def paired_sends(self) -> bool:
-        """Whether sessions refill two frames at a time now (``paired_sends_from``)."""
-        n = self._tuning.paired_sends_from
-        return n > 0 and len(self.clock) >= n
 
     # ---------------------------------------------------------------- transports
     def enroll(self, sock: EngineSocket) -> None:

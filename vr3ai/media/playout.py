@@ -282,14 +282,19 @@ class Playout:
         horizon = now + self._lead_s - self._frame_s / 2
         streaming = True
         if self._play_end < horizon:
-            if self._engine.paired_sends():
+            pairs = self._engine.pairs_from
+            if pairs and len(self._clock) >= pairs:
                 horizon += self._frame_s  # two frames now, none on the next tick
             while self._play_end < horizon:
                 if not self._send_frame(now):
                     streaming = False
                     break
-        self._sender.flush()
-        self._streaming = streaming and (self._send_silence or self.stream.end_off > self.stream.sent_off)
+        if self._batch:
+            self._sender.flush()
+        if streaming and not self._send_silence:
+            stream = self.stream
+            streaming = stream.end_off > stream.sent_off
+        self._streaming = streaming
 
     def _send_frame(self, now: float) -> bool:
         stream = self.stream
