@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import secrets
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,14 @@ async def test_an_organization_secret_is_bound_to_its_hosts(tmp_path: Path) -> N
             err = r.json()["detail"][0]
             assert err["loc"] == ["body", "definition", "settings", "llm", "base_url"]
             assert "'llm' may only be sent to api.openai.com" in err["msg"] and "127.0.0.1:9" in err["msg"]
+
+            # The dashboard's workflow editor gets the same answer.
+            async with p.dashboard(user) as web:
+                steal = json.dumps(_llm_workflow("http://127.0.0.1:9/v1", "llm"))
+                form = {"mode": "json", "name": "steal", "definition_json": steal}
+                page = await web.post_form("/workflows", form, csrf_from="/workflows/new")
+                assert page.status_code == 422 and "may only be sent to api.openai.com" in page.text
+            assert [w["name"] for w in (await api.get("/workflows")).json()["items"]] == []
 
             # Its own host is fine; editing that workflow's base_url elsewhere is refused.
             r = await api.post(

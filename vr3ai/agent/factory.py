@@ -22,7 +22,6 @@ servers, tests).
 
 from __future__ import annotations
 
-import os
 from functools import partial
 from typing import Any, Literal
 
@@ -31,6 +30,7 @@ from vr3ai.agent.pipeline import PipelineConfig, VoicePipeline
 from vr3ai.agent.services.base import SpeechToText, TextToSpeech
 from vr3ai.agent.services.cloud import CartesiaTTS, DeepgramSTT, ElevenLabsTTS, OpenAISTT, OpenAITTS
 from vr3ai.agent.services.runtime import RuntimeConfig, VoiceRuntime
+from vr3ai.core.secret_hosts import cloud_url
 
 __all__ = [
     "RuntimeConfig",
@@ -45,8 +45,12 @@ __all__ = [
 Note = tuple[Literal["info", "warning", "error"], str]
 
 
-def _url(name: str, default: str) -> str:
-    return os.environ.get(f"VR3AI_{name}_URL", default)
+def _url(section: str, provider: str) -> str:
+    # One table (vr3ai.core.secret_hosts) says where a provider's key goes, so the host a secret is
+    # bound to is the host it is sent to.
+    url = cloud_url(section, provider)
+    assert url is not None, (section, provider)
+    return url
 
 
 def _key(cfg: Any, secrets: dict[str, str], what: str, notes: list[Note]) -> str | None:
@@ -68,11 +72,11 @@ def build_stt(cfg: Any, secrets: dict[str, str], runtime: VoiceRuntime, notes: l
     if provider == "deepgram":
         key = _key(cfg, secrets, "STT deepgram", notes)
         if key:
-            return DeepgramSTT(key, model=model or "nova-3", base_url=_url("DEEPGRAM", "wss://api.deepgram.com")), True
+            return DeepgramSTT(key, model=model or "nova-3", base_url=_url("stt", "deepgram")), True
     elif provider == "openai":
         key = _key(cfg, secrets, "STT openai", notes)
         if key:
-            url = _url("OPENAI", "https://api.openai.com/v1")
+            url = _url("stt", "openai")
             return OpenAISTT(key, model=model or "gpt-4o-mini-transcribe", base_url=url), True
     return runtime.stt, False
 
@@ -89,10 +93,10 @@ def build_tts(
     if provider in ("openai", "elevenlabs", "cartesia"):
         key = _key(cfg, secrets, f"TTS {provider}", notes)
         if key and provider == "openai":
-            url = _url("OPENAI", "https://api.openai.com/v1")
+            url = _url("tts", "openai")
             cloud = OpenAITTS(key, voice=voice or "alloy", model=model or "gpt-4o-mini-tts", base_url=url)
         elif key and provider == "elevenlabs":
-            url = _url("ELEVENLABS", "https://api.elevenlabs.io")
+            url = _url("tts", "elevenlabs")
             cloud = ElevenLabsTTS(
                 key, voice=voice or "21m00Tcm4TlvDq8ikWAM", model=model or "eleven_flash_v2_5", base_url=url
             )
@@ -100,7 +104,7 @@ def build_tts(
             if not voice:
                 notes.append(("warning", "TTS cartesia: settings.tts.voice (a voice id) is required; using offline"))
             else:
-                url = _url("CARTESIA", "https://api.cartesia.ai")
+                url = _url("tts", "cartesia")
                 cloud = CartesiaTTS(key, voice=voice, model=model or "sonic-2", base_url=url)
         if cloud is not None:
             return cloud, offline, True

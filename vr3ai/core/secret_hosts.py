@@ -41,7 +41,8 @@ CLOUD_URLS: dict[tuple[str, str], tuple[str, str]] = {
     ("tts", "elevenlabs"): ("ELEVENLABS", "https://api.elevenlabs.io"),
     ("tts", "cartesia"): ("CARTESIA", "https://api.cartesia.ai"),
 }
-"""(section, provider) → (``VR3AI_<NAME>_URL`` override, default base URL) of the cloud engines."""
+"""(section, provider) → (``VR3AI_<NAME>_URL`` override, default base URL) of the cloud engines: the
+one table ``vr3ai.agent.factory`` builds them from, so a key is bound to the host it is sent to."""
 
 
 def cloud_url(section: str, provider: str) -> str | None:
