@@ -196,3 +196,23 @@ async def test_start_up_synthesises_saved_workflows_greetings_first(platform: Pl
     finally:
         platform.services.voice = None
         await runtime.close()
+
+
+async def test_edges_without_ids_are_accepted_and_stored_as_written(platform: Platform) -> None:
+    """The original edge format (from/to/condition/keywords/dtmf, no id) is accepted; the stored
+    definition is what was sent, and a given id stays."""
+    t = await platform.tenant()
+    definition = workflow_definition()
+    definition["nodes"].append({"id": "op", "type": "end", "say": "Connecting you."})
+    definition["nodes"][0] = {**definition["nodes"][0], "id": "hello"}
+    definition["nodes"].insert(1, {"id": "menu", "type": "agent", "say": "Press 1 or say operator."})
+    definition["edges"] = [
+        {"from": "hello", "to": "menu"},
+        {"from": "menu", "to": "bye", "condition": "The caller is done", "keywords": ["bye"], "dtmf": "1"},
+        {"id": "to-op", "from": "menu", "to": "op", "keywords": ["operator"], "dtmf": "0"},
+    ]
+    body = {"name": "Original format", "definition": definition}
+    created = ok(await t.http.post("/api/v1/workflows", json=body), 201)
+    assert created["definition"]["edges"] == definition["edges"]
+    fetched = ok(await t.http.get(f"/api/v1/workflows/{created['id']}"))
+    assert fetched["definition"]["edges"][2]["id"] == "to-op"

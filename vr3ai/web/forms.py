@@ -229,7 +229,11 @@ def merge_structured(form: Mapping[str, Any], base: dict[str, Any]) -> dict[str,
         if r.get("remove") == "on" or (orig is None and not r.get("id", "").strip()):
             continue
         edge = copy.deepcopy(base_edges[orig]) if orig is not None and isinstance(base_edges[orig], dict) else {}
-        edge["id"] = r.get("id", "").strip()
+        edge_id = r.get("id", "").strip()
+        if edge_id:
+            edge["id"] = edge_id
+        else:  # an edge stored without an id (the original format) keeps the id derived from from/to
+            edge.pop("id", None)
         edge["from"] = r.get("from", "").strip()
         edge["to"] = r.get("to", "").strip()
         _set_or_pop(edge, "condition", r.get("condition", ""))

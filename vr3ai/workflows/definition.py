@@ -31,6 +31,9 @@ Semantics the validator enforces (and the engine relies on):
   to take the edge, so it is required there) and, for the offline engine, ``keywords``, ``examples``
   and ``dtmf``. An edge with none of those three is a *catch-all*: in offline mode any caller answer
   takes it, once the variables listed in its ``requires`` are filled.
+* An edge's ``id`` is optional (the format was first specified without it): a missing one is derived
+  as ``<from>-<to>`` (``-2``, ``-3``... when taken), deterministically, so a stored definition parses
+  to the same ids every time; a given id is kept.
 * DTMF strings use ``0-9 * # A-D``; two edges of one node cannot share a DTMF string, nor can one be
   a prefix of the other (the shorter one would always win).
 
@@ -132,6 +135,30 @@ class EndNode(_UiFields):
     id: str = Field(pattern=ID_PATTERN)
     type: Literal["end"] = "end"
     say: str
+
+
+def _derived_edge_ids(raw: list[Any]) -> dict[int, str]:
+    """Ids for edges written without one (the original format had only ``from``/``to``/...):
+    ``<from>-<to>``, then ``-2``, ``-3``... when that is taken by a given id or an earlier derived one.
+    Derived from the definition alone, so every parse of one stored definition gets the same ids;
+    the stored JSON is left as written."""
+    taken = {item["id"] for item in raw if isinstance(item, Mapping) and isinstance(item.get("id"), str)}
+    out: dict[int, str] = {}
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping) or item.get("id") is not None:
+            continue
+        ends = [item.get("from"), item.get("to")]
+        if not all(isinstance(e, str) and e for e in ends):
+            base = f"edge-{i + 1}"
+        else:
+            base = re.sub(r"[^A-Za-z0-9_.:-]", "_", f"{ends[0]}-{ends[1]}")[:56]
+        candidate, n = base, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{base}-{n}"
+        taken.add(candidate)
+        out[i] = candidate
+    return out
 
 
 Node = Annotated[StartNode | AgentNode | EndNode, Field(discriminator="type")]
@@ -496,12 +523,15 @@ class _Checker:
             self.error("edges", "'edges' must be a list")
             return None
         out: list[Edge | None] = []
+        derived = _derived_edge_ids(raw)
         for i, item in enumerate(raw):
             prefix = f"edges[{i}]"
             if not isinstance(item, Mapping):
-                self.error(prefix, f"{prefix} must be an object with 'id', 'from' and 'to'")
+                self.error(prefix, f"{prefix} must be an object with 'from' and 'to'")
                 out.append(None)
                 continue
+            if i in derived:
+                item = {**item, "id": derived[i]}
             eid = item.get("id")
             subject = f"edge '{eid}'" if isinstance(eid, str) and eid else f"edge {prefix}"
             if "from_" in item and "from" not in item:

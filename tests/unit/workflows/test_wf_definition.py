@@ -165,6 +165,32 @@ def test_duplicate_edge_id() -> None:
     assert "'e1'" in error_at(d, "edges[2].id")
 
 
+def test_edges_as_originally_specified_need_no_id() -> None:
+    """Edges were specified as from/to/condition/keywords/dtmf: the id is derived, unique, and a
+    given id is kept (even when it is what a derived one would have been)."""
+    d = minimal()
+    d["nodes"].append({"id": "op", "type": "end", "say": "Connecting you."})
+    d["edges"] = [
+        {"from": "hello", "to": "ask"},
+        {"from": "ask", "to": "bye", "keywords": ["bye"], "condition": "The caller is done."},
+        {"id": "ask-op", "from": "ask", "to": "op", "dtmf": "0"},
+        {"from": "ask", "to": "op", "keywords": ["operator"]},
+        {"from": "ask", "to": "op", "dtmf": "9"},
+    ]
+    wf = validate_definition(d)
+    assert [e.id for e in wf.edges] == ["hello-ask", "ask-bye", "ask-op", "ask-op-2", "ask-op-3"]
+    assert d["edges"][0] == {"from": "hello", "to": "ask"}  # the caller's dict is not rewritten
+    # Same definition, same ids: a stored definition parses the same way at every call.
+    assert [e.id for e in validate_definition(d).edges] == [e.id for e in wf.edges]
+    assert [e.dtmf for e in wf.edges] == [None, None, "0", None, "9"]
+
+
+def test_edge_without_id_still_needs_its_ends() -> None:
+    d = minimal()
+    d["edges"].append({"to": "bye", "dtmf": "9"})
+    assert "from" in error_at(d, "edges[2].from")
+
+
 def test_edge_to_unknown_node() -> None:
     d = minimal()
     d["edges"][1]["to"] = "x"
