@@ -176,10 +176,19 @@ async def test_stasis_app_is_unique_per_asterisk_across_organizations(platform: 
         # Nothing about the other organization's configuration leaks.
         assert first["id"] not in r.text and "Office PBX" not in r.text and a.org_id not in r.text
 
-    # Default ports count as explicit ones.
-    ok(await a.http.post(BASE, json=platform.config_body(ari_endpoint_url="http://pbx2", stasis_app_name="x")), 201)
-    r = await b.http.post(BASE, json=platform.config_body(ari_endpoint_url="http://PBX2:80/", stasis_app_name="x"))
+    # No port means Asterisk's default (8088, 8089 over https), as the generated http.conf says; it is
+    # stored and shown with the port, and counts as the explicit one.
+    body = platform.config_body(ari_endpoint_url="http://pbx2", stasis_app_name="x")
+    pbx2 = ok(await a.http.post(BASE, json=body), 201)
+    assert pbx2["ari_endpoint_url"] == "http://pbx2:8088"
+    r = await b.http.post(BASE, json=platform.config_body(ari_endpoint_url="http://PBX2:8088/", stasis_app_name="x"))
     assert r.status_code == 409
+    body = platform.config_body(ari_endpoint_url="http://pbx2:80", stasis_app_name="x")
+    port80 = ok(await b.http.post(BASE, json=body), 201)
+    assert port80["ari_endpoint_url"] == "http://pbx2:80"  # another server: port 80 only when written
+    body = platform.config_body(ari_endpoint_url="https://pbx3/ari", stasis_app_name="x")
+    tls = ok(await b.http.post(BASE, json=body), 201)
+    assert tls["ari_endpoint_url"] == "https://pbx3:8089"
 
     # Another app on the same Asterisk, or the same app on another Asterisk (or port), is fine.
     ok(

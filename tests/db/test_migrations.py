@@ -59,3 +59,47 @@ async def test_downgrade_to_base_and_back(empty_database_url: str) -> None:
         assert await _tables(db) == set(Base.metadata.tables) | {"alembic_version"}
     finally:
         await db.dispose()
+
+
+async def test_port_less_ari_urls_get_the_port_they_connected_to(empty_database_url: str) -> None:
+    """Before 0005 a URL without a port connected to 80/443; the migration writes that port out
+    (from endpoint_key), so an existing configuration keeps its server and now shows the port."""
+    db = Database(empty_database_url)
+    try:
+        cfg = alembic_config(db.url)
+
+        def to_0004(connection: Any) -> None:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "0004")
+
+        async with db.engine.begin() as conn:
+            await conn.run_sync(to_0004)
+            await conn.execute(
+                text("INSERT INTO organizations (id, name, max_concurrent_calls, active_calls, created_at) "
+                     "VALUES ('o1', 'Org', 1, 0, CURRENT_TIMESTAMP)")
+            )
+            for cid, url, key in (
+                ("c1", "http://pbx", "http://pbx:80"),
+                ("c2", "https://[::1]", "https://[::1]:443"),
+                ("c3", "http://pbx:8088", "http://pbx:8088"),
+            ):
+                await conn.execute(
+                    text("INSERT INTO telephony_configurations (id, organization_id, name, provider, "
+                         "ari_endpoint_url, endpoint_key, stasis_app_name, app_password_enc, "
+                         "websocket_client_name, from_extensions, dial_template, enabled, created_at, updated_at) "
+                         "VALUES (:id, 'o1', 'c', 'ari', :url, :key, :id, 'x', 'vr3ai', '[]', 'PJSIP/{to}', "
+                         "true, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"),
+                    {"id": cid, "url": url, "key": key},
+                )
+        await upgrade(db)
+        async with db.engine.connect() as conn:
+            rows = (await conn.execute(
+                text("SELECT id, ari_endpoint_url, endpoint_key FROM telephony_configurations ORDER BY id")
+            )).all()
+        assert [tuple(r) for r in rows] == [
+            ("c1", "http://pbx:80", "http://pbx:80"),
+            ("c2", "https://[::1]:443", "https://[::1]:443"),
+            ("c3", "http://pbx:8088", "http://pbx:8088"),
+        ]
+    finally:
+        await db.dispose()

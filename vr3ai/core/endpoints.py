@@ -1,10 +1,13 @@
 """ARI endpoint URLs: what we accept, what we store, and the key that makes Stasis apps unique.
 
 Accepted: ``http(s)://host[:port]`` with an optional trailing ``/`` or ``/ari`` (people paste the
-ARI root they see in Asterisk's docs). Stored (``ari_endpoint_url``): ``scheme://host[:port]`` with
-scheme and host lower-cased and no path; the ARI client appends ``/ari/...`` itself. The uniqueness
-key (``endpoint_key``) also makes the port explicit, so ``http://PBX:8088/`` and ``http://pbx:8088``
-and ``http://pbx`` vs ``http://pbx:80`` are recognised as the same Asterisk.
+ARI root they see in Asterisk's docs). Stored (``ari_endpoint_url``): ``scheme://host:port`` with
+scheme and host lower-cased, no path and the port always written out; the ARI client appends
+``/ari/...`` itself. A URL without a port means Asterisk's HTTP server on its documented default,
+8088 (8089 for https, Asterisk's ``tlsbindaddr`` default) — the port the guide and the generated
+``http.conf`` use — not the scheme's 80/443, which would connect somewhere Asterisk is not. The
+uniqueness key (``endpoint_key``) is the same ``scheme://host:port``, so ``http://PBX:8088/``,
+``http://pbx:8088`` and ``http://pbx`` are recognised as the same Asterisk.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-DEFAULT_PORTS = {"http": 80, "https": 443}
+DEFAULT_PORTS = {"http": 8088, "https": 8089}
+"""Asterisk's HTTP server defaults (``bindport``, ``tlsbindaddr``), used when the URL has no port."""
 _EXAMPLE = "http://asterisk.example.com:8088"
 
 
@@ -23,7 +27,7 @@ class EndpointError(ValueError):
 @dataclass(frozen=True)
 class AriEndpoint:
     url: str
-    """Normalised base URL to store and connect to (no trailing slash, no ``/ari``)."""
+    """Normalised base URL to store and connect to (port written out, no trailing slash, no ``/ari``)."""
     key: str
     """``scheme://host:port`` with the port always present: the identity of one ARI server."""
 
@@ -56,6 +60,5 @@ def normalize_ari_endpoint(raw: str) -> AriEndpoint:
     if port == 0:
         raise EndpointError("port must be between 1 and 65535")
     netloc_host = f"[{host}]" if ":" in host else host
-    url = f"{scheme}://{netloc_host}" + (f":{port}" if port is not None else "")
-    key = f"{scheme}://{netloc_host}:{port if port is not None else DEFAULT_PORTS[scheme]}"
-    return AriEndpoint(url=url, key=key)
+    url = f"{scheme}://{netloc_host}:{port if port is not None else DEFAULT_PORTS[scheme]}"
+    return AriEndpoint(url=url, key=url)
