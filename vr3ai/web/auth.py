@@ -20,11 +20,21 @@ hash. Why this shape:
   secrets at rest (``VR3AI_SECRET_KEY`` or ``<data dir>/secret.key``), so it is never the
   encryption key itself and needs no extra configuration.
 
-Rate limit: :data:`MAX_FAILURES` failed sign-ins per client IP and e-mail within
-:data:`WINDOW_S` seconds, and :data:`MAX_FAILURES_PER_IP` per IP across e-mails (password
-spraying), answer 429 until the window has passed. In memory, per process: enough for the single
-process VR3 AI runs as. The IP is the socket peer; behind a reverse proxy run uvicorn with
-``--proxy-headers`` so that it is the client's.
+Rate limit: :data:`MAX_FAILURES` failed sign-ins per account (e-mail) from any address within
+:data:`WINDOW_S` seconds, and :data:`MAX_FAILURES_PER_IP` per address across accounts (password
+spraying), answer 429 until the window has passed. An attempt is counted *before* its password is
+checked (and taken back once it proves right), so parallel requests cannot all slip through
+while the first ones are still hashing. The price of the per-account limit: whoever knows an
+e-mail can keep that user from signing in to the dashboard by failing 5 times a minute (API keys
+are not affected); without it, guesses from many addresses would each get their own budget. In
+memory, per process: enough for the single process VR3 AI runs as. The IP is the socket peer;
+behind a reverse proxy run uvicorn with ``--proxy-headers`` so that it is the client's.
+
+Password hashing (scrypt, 128 MiB and about half a second of CPU at today's cost) runs on its own
+two threads at a lower CPU priority (:class:`PasswordHasher`): at most
+:data:`MAX_CONCURRENT_HASHES` at once, a request waits at most :data:`HASH_WAIT_S` for a turn and
+is answered 429 otherwise (its attempt is not counted: nothing was checked). The event loop's
+default executor and the live calls' audio do not wait behind sign-ins.
 """
 
 from __future__ import annotations
@@ -34,8 +44,11 @@ import collections
 import hashlib
 import hmac
 import logging
+import os
 import secrets
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -61,6 +74,11 @@ SESSION_MAX_AGE_S = 12 * 3600
 MAX_FAILURES = 5
 MAX_FAILURES_PER_IP = 30
 WINDOW_S = 60.0
+MAX_CONCURRENT_HASHES = 2
+HASH_WAIT_S = 2.0
+HASH_THREAD_NICE = 10
+"""Niceness of the hashing threads: under CPU contention the event loop (live calls' audio) and
+Asterisk get about ten times their share; on an idle machine a sign-in takes as long as ever."""
 _MAX_TRACKED_KEYS = 10_000
 # verify_password of an unknown e-mail runs against this, so both answers take the same time.
 _DUMMY_HASH = dummy_password_hash()
@@ -95,12 +113,23 @@ class Viewer:
     quota: QuotaStatus | None = None
 
 
+@dataclass(frozen=True)
+class LoginAttempt:
+    """An attempt counted by :meth:`LoginRateLimiter.begin` (a failure until shown otherwise)."""
+
+    ip: str
+    email: str
+    at: float
+
+
 class LoginRateLimiter:
+    """Failed sign-ins per account (any address) and per address, in a sliding window."""
+
     def __init__(self, max_failures: int = MAX_FAILURES, per_ip: int = MAX_FAILURES_PER_IP, window_s: float = WINDOW_S):
         self.max_failures = max_failures
         self.per_ip = per_ip
         self.window_s = window_s
-        self._by_key: collections.OrderedDict[tuple[str, str], collections.deque[float]] = collections.OrderedDict()
+        self._by_account: collections.OrderedDict[str, collections.deque[float]] = collections.OrderedDict()
         self._by_ip: collections.OrderedDict[str, collections.deque[float]] = collections.OrderedDict()
 
     def _prune(self, q: collections.deque[float], now: float) -> None:
@@ -111,7 +140,7 @@ class LoginRateLimiter:
         """Seconds until another attempt is allowed; 0 when allowed now."""
         now = time.monotonic()
         waits = [0.0]
-        for q, limit in ((self._by_key.get((ip, email)), self.max_failures), (self._by_ip.get(ip), self.per_ip)):
+        for q, limit in ((self._by_account.get(email), self.max_failures), (self._by_ip.get(ip), self.per_ip)):
             if q is None:
                 continue
             self._prune(q, now)
@@ -119,17 +148,83 @@ class LoginRateLimiter:
                 waits.append(q[-limit] + self.window_s - now)
         return max(waits)
 
-    def failure(self, ip: str, email: str) -> None:
-        now = time.monotonic()
-        for store, key in ((self._by_key, (ip, email)), (self._by_ip, ip)):
-            q = store.pop(key, None) or collections.deque()  # type: ignore[attr-defined]
-            q.append(now)
-            store[key] = q  # type: ignore[index]
-            while len(store) > _MAX_TRACKED_KEYS:
-                store.popitem(last=False)  # type: ignore[attr-defined]
+    def begin(self, ip: str, email: str) -> LoginAttempt | float:
+        """Count an attempt now, before its password is checked, or say how long to wait.
 
-    def success(self, ip: str, email: str) -> None:
-        self._by_key.pop((ip, email), None)
+        No await between the check and the count: on the event loop this is atomic, so N parallel
+        requests get at most the remaining budget between them."""
+        wait = self.retry_after(ip, email)
+        if wait > 0:
+            return wait
+        attempt = LoginAttempt(ip, email, time.monotonic())
+        for store, key in ((self._by_account, email), (self._by_ip, ip)):
+            q = store.pop(key, None) or collections.deque()
+            q.append(attempt.at)
+            store[key] = q
+            while len(store) > _MAX_TRACKED_KEYS:
+                store.popitem(last=False)
+        return attempt
+
+    def _forget(self, attempt: LoginAttempt) -> None:
+        for store, key in ((self._by_account, attempt.email), (self._by_ip, attempt.ip)):
+            q = store.get(key)
+            if q is not None:
+                try:
+                    q.remove(attempt.at)
+                except ValueError:
+                    pass  # pruned meanwhile
+
+    def succeeded(self, attempt: LoginAttempt) -> None:
+        """The password was right: this attempt is no failure. Earlier failures stay counted, so a
+        guesser's budget is not renewed by the real user signing in."""
+        self._forget(attempt)
+
+    def not_checked(self, attempt: LoginAttempt) -> None:
+        """The password was never checked (no hashing slot in time): the attempt does not count."""
+        self._forget(attempt)
+
+
+def _lower_priority() -> None:
+    # Linux: PRIO_PROCESS with a thread id sets that thread's niceness. Raising it needs no privilege.
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_THREAD_NICE)
+    except (AttributeError, OSError):
+        pass
+
+
+class PasswordHasher:
+    """The process's password hashing: its own threads at lower priority, a few hashes at a time."""
+
+    _executor: ThreadPoolExecutor | None = None
+    _lock = threading.Lock()
+
+    def __init__(self, max_concurrent: int = MAX_CONCURRENT_HASHES, wait_s: float = HASH_WAIT_S) -> None:
+        self.max_concurrent = max_concurrent
+        self.wait_s = wait_s
+        self._slots = asyncio.Semaphore(max_concurrent)
+
+    @classmethod
+    def executor(cls) -> ThreadPoolExecutor:
+        # One per process (CPU is per process), made on first use; its idle threads cost nothing.
+        with cls._lock:
+            if cls._executor is None:
+                cls._executor = ThreadPoolExecutor(
+                    MAX_CONCURRENT_HASHES, thread_name_prefix="vr3ai-password", initializer=_lower_priority
+                )
+            return cls._executor
+
+    async def verify(self, password: str, stored: str) -> bool | None:
+        """``verify_password`` off the event loop; None if no slot came free within ``wait_s``."""
+        try:
+            async with asyncio.timeout(self.wait_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            return None
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.executor(), verify_password, password, stored)
+        finally:
+            self._slots.release()
 
 
 class WebState:
@@ -139,6 +234,7 @@ class WebState:
         self.serializer = URLSafeTimedSerializer(_session_key(services), salt="vr3ai.web.session")
         self.flash_serializer = URLSafeTimedSerializer(_session_key(services), salt="vr3ai.web.flash")
         self.limiter = LoginRateLimiter()
+        self.hasher = PasswordHasher()
         self.db = services.db
 
     async def revoke(self, sid: str) -> None:
@@ -288,13 +384,22 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-async def authenticate(services: Services, email: str, password: str) -> User | None:
+class HashingBusy(Exception):
+    """Every password hashing slot stayed taken for :data:`HASH_WAIT_S`: try again shortly."""
+
+
+async def authenticate(
+    services: Services, email: str, password: str, hasher: PasswordHasher | None = None
+) -> User | None:
+    """The user whose e-mail and password these are, or None. Raises :class:`HashingBusy`."""
     email = email.strip().lower()
     async with services.db.session() as s:
         user = await s.scalar(select(User).where(func.lower(User.email) == email))
     stored = user.password_hash if user is not None else _DUMMY_HASH
-    # scrypt takes tens of milliseconds of CPU: keep it off the event loop.
-    ok = await asyncio.to_thread(verify_password, password, stored)
+    # scrypt costs 128 MiB and about half a second of CPU: never on the event loop, never many at once.
+    ok = await (hasher or PasswordHasher()).verify(password, stored)
+    if ok is None:
+        raise HashingBusy()
     if not ok or user is None:
         return None
     # A hash made at an older scrypt cost is replaced now that we know the password.

@@ -11,6 +11,8 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from vr3ai.services import Services
 from vr3ai.web.auth import (
+    HashingBusy,
+    LoginAttempt,
     SessionData,
     Viewer,
     authenticate,
@@ -90,26 +92,39 @@ async def login(request: Request, svc: ServicesDep) -> Response:
     state = web_state(request)
     ip = client_ip(request)
     key_email = email.lower()
-    wait = state.limiter.retry_after(ip, key_email)
-    if wait > 0:
+    # Counted before the password is checked: parallel guesses share one budget.
+    attempt = state.limiter.begin(ip, key_email)
+    if not isinstance(attempt, LoginAttempt):
         response = _login_page(
             request,
             session,
             email=email,
-            error=f"Too many failed sign-in attempts. Wait {math.ceil(wait)} seconds, then try again.",
+            error=f"Too many failed sign-in attempts. Wait {math.ceil(attempt)} seconds, then try again.",
             next_url=next_url,
             status=429,
         )
-        response.headers["Retry-After"] = str(math.ceil(wait))
+        response.headers["Retry-After"] = str(math.ceil(attempt))
         return response
-    user = await authenticate(svc, email, password) if email and password else None
+    try:
+        user = await authenticate(svc, email, password, state.hasher) if email and password else None
+    except HashingBusy:
+        state.limiter.not_checked(attempt)
+        response = _login_page(
+            request,
+            session,
+            email=email,
+            error="Too many sign-ins at once. Please try again in a moment.",
+            next_url=next_url,
+            status=429,
+        )
+        response.headers["Retry-After"] = "1"
+        return response
     if user is None:
-        state.limiter.failure(ip, key_email)
         log.warning("dashboard sign-in failed", extra={"client_ip": ip})
         return _login_page(
             request, session, email=email, error="Wrong email or password.", next_url=next_url, status=401
         )
-    state.limiter.success(ip, key_email)
+    state.limiter.succeeded(attempt)
     # A brand-new session id and CSRF token: nothing from the anonymous session survives sign-in.
     fresh = SessionData.anonymous()
     fresh.uid = user.id
