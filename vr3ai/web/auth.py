@@ -76,9 +76,10 @@ MAX_FAILURES_PER_IP = 30
 WINDOW_S = 60.0
 MAX_CONCURRENT_HASHES = 2
 HASH_WAIT_S = 2.0
-HASH_THREAD_NICE = 10
-"""Niceness of the hashing threads: under CPU contention the event loop (live calls' audio) and
-Asterisk get about ten times their share; on an idle machine a sign-in takes as long as ever."""
+HASH_THREAD_NICE = 19
+"""Niceness of the hashing threads: under CPU contention the event loop (live calls' audio) and a
+local Asterisk come first (a nice-19 thread gets about 1/70 of a nice-0 one's share); on a
+machine with CPU to spare a sign-in takes as long as ever, on a saturated one it waits."""
 _MAX_TRACKED_KEYS = 10_000
 # verify_password of an unknown e-mail runs against this, so both answers take the same time.
 _DUMMY_HASH = dummy_password_hash()
