@@ -102,12 +102,14 @@ async def storm(base_url: str, email: str, n: int, addresses: list[str] | None =
     ]
     try:
         form = {"email": email, "password": WRONG, "csrf_token": token}
-        replies = await asyncio.gather(*(clients[i % len(clients)].post("/login", data=form) for i in range(n)))
+        replies = await asyncio.gather(
+            *(clients[i % len(clients)].post("/login", data=form) for i in range(n)), return_exceptions=True
+        )
     finally:
         for c in clients:
             await c.aclose()
-    statuses = [r.status_code for r in replies]
-    assert set(statuses) <= {401, 429}, statuses
+    # 0: no answer within the client's 60 s (before the fix: every guess waited for its hash).
+    statuses = [r.status_code if isinstance(r, httpx.Response) else 0 for r in replies]
     return statuses
 
 
@@ -121,6 +123,7 @@ async def _sign_in(base_url: str, email: str, password: str) -> int:
 async def test_parallel_wrong_passwords_get_at_most_5_checks_a_minute(platform: Platform, spy: HashSpy) -> None:
     user = await platform.create_user()
     statuses = await storm(platform.base_url, user.email, 50)
+    assert set(statuses) <= {401, 429}, statuses
     assert statuses.count(401) <= 5, statuses
     assert spy.calls <= 5 and spy.max_running <= 2, (spy.calls, spy.max_running)
     # Within the minute nothing renews the budget: sequential guesses are refused too...
@@ -144,6 +147,7 @@ async def test_the_account_is_locked_whatever_address_the_guesses_come_from(
     user = await platform.create_user()
     addresses = [f"127.0.0.{i}" for i in range(2, 12)]  # ten addresses, five guesses each
     statuses = await storm(platform.base_url, user.email, 50, addresses)
+    assert set(statuses) <= {401, 429}, statuses
     assert statuses.count(401) <= 5, statuses
     assert spy.calls <= 5, spy.calls
 
@@ -242,7 +246,6 @@ async def test_login_storm_leaves_a_live_call_without_underruns(
             statuses = await storm_from_outside(p.base_url, email, 50)
             await asyncio.sleep(1.0)
             t1 = time.monotonic()
-            assert t1 < heard_from + TONE_S - 1, "the storm outlasted the tone: nothing to judge"
             levels = caller.frame_levels()  # (arrival, dBFS) of every frame the caller heard
             threshold = caller.activity_dbfs
     times = np.array([t for t, _ in levels], dtype=np.float64)
@@ -253,7 +256,9 @@ async def test_login_storm_leaves_a_live_call_without_underruns(
         f"checked (at most {spy.max_running} at once); caller heard {holes.frames} frames, holes in "
         f"speech {holes.holes_in_speech_ms} ms, any {holes.holes_any_ms} ms"
     )
+    assert set(statuses) <= {401, 429}, statuses
     assert spy.calls <= 5 and spy.max_running <= 2, (spy.calls, spy.max_running)
     assert statuses.count(401) <= 5
+    assert t1 < heard_from + TONE_S - 1, "the storm outlasted the tone: nothing to judge"
     assert holes.frames >= 0.9 * (t1 - t0) / 0.02, "the caller stopped hearing the agent"
     assert not [h for h in holes.holes_in_speech_ms if h >= 40.0 - 8], holes.holes_in_speech_ms
