@@ -12,6 +12,12 @@ process hold and parse as much as they care to send. Here, around the whole appl
   (:class:`BodyTooLarge`, an ``HTTPException`` that FastAPI's body parsing and Starlette's form
   parsing let through), so at most the limit plus one chunk is ever held.
 
+Why not FastAPI's own ``max_body_size`` (Starlette's ``RequestBodyLimitMiddleware``): it refuses a
+too-long ``Content-Length`` only once the application reads the body or starts its response, in
+plain text, and keeps the connection open, so the server goes on reading (and discarding) whatever
+the client sends after it; here the refusal comes before the application runs, in the API's error
+shape, and the connection is closed.
+
 Limits (settings, bytes): ``VR3AI_MAX_BODY_BYTES`` for every request (1 MiB), and
 ``VR3AI_MAX_WORKFLOW_BODY_BYTES`` for the requests that carry a workflow definition (256 KiB):
 ``POST /api/v1/workflows``, ``PATCH /api/v1/workflows/{id}`` and the dashboard's workflow editor.
