@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vr3ai.core.files import private_dir
+from vr3ai.core.outbound import OutboundPolicy
 from vr3ai.core.quota import QuotaService
 from vr3ai.core.runs import RunService
 from vr3ai.core.secrets import SecretBox
@@ -28,6 +29,12 @@ class Services:
     """``vr3ai.media.server.MediaRegistry``: pending media channels awaiting Asterisk's connection."""
     voice: Any = None
     """``vr3ai.agent.factory.VoiceRuntime`` when the offline voice stack is loaded."""
+    outbound: OutboundPolicy = field(init=False)
+    """Where requests made for a tenant may go (``settings.outbound_allow``)."""
+
+    def __post_init__(self) -> None:
+        # Invalid VR3AI_OUTBOUND_ALLOW entries fail here, at start-up, with the entry named.
+        self.outbound = OutboundPolicy.from_settings(self.settings)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

@@ -104,6 +104,10 @@ class Settings:
     call that needs them."""
     tts_cache_max_mb: int = 512
     """Disk space of the fixed-text audio cache (``<data dir>/tts-cache``); oldest files go first."""
+    outbound_allow: str = ""
+    """Where requests made for a tenant (ARI, LLM, cloud STT/TTS) may go (``vr3ai.core.outbound``):
+    comma list of CIDRs, addresses and host names, plus ``public`` to refuse loopback and private
+    ranges unless listed. Link-local and cloud metadata addresses are refused unless listed."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -140,6 +144,7 @@ class Settings:
         s.call_starts_burst = int(os.environ.get("VR3AI_CALL_STARTS_BURST", str(s.call_starts_burst)) or 0)
         s.tts_warm_queue_max = int(os.environ.get("VR3AI_TTS_WARM_QUEUE_MAX", str(s.tts_warm_queue_max)) or 0)
         s.tts_cache_max_mb = int(os.environ.get("VR3AI_TTS_CACHE_MAX_MB", str(s.tts_cache_max_mb)) or 0)
+        s.outbound_allow = os.environ.get("VR3AI_OUTBOUND_ALLOW", "")
         return s
 
     def resolved_database_url(self) -> str:

@@ -16,6 +16,7 @@ import pytest
 from tests.web.fakes import FakeAri, FakeConnection, FakeMedia, FakeTelephony, closed_port_url, run_fake_ari
 from tests.web.platform import DashboardUser, Platform
 from vr3ai.telephony.ari import diagnostics
+from vr3ai.telephony.ari.client import NO_ANSWER
 from vr3ai.telephony.ari.diagnostics import Check, run_diagnostics
 from vr3ai.telephony.ari.snippets import media_ws_uri
 
@@ -122,7 +123,8 @@ async def test_unreachable_endpoint(telephony_platform: Platform, ari: FakeAri) 
     s = await _setup(telephony_platform, ari, endpoint=closed_port_url())
     checks = await s.run()
     c = checks["ari_reachable"]
-    assert c.ok is False and "connection refused" in c.detail
+    # One fixed text whatever the network did (tests/security: not a port scanner); the fix says what to check.
+    assert c.ok is False and NO_ANSWER in c.detail
     assert "reachable from your VR3 AI instance" in c.fix and "http.conf has enabled = yes" in c.fix
     assert "firewall rules allow traffic on the ARI port (default: 8088)" in c.fix
     for key in ("credentials", "chan_websocket", "ws_client_name", "media"):

@@ -8,9 +8,12 @@ The agent never touches the database: the call owner persists what the report co
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from vr3ai.media.interface import CallAudio
+
+if TYPE_CHECKING:
+    from vr3ai.core.outbound import OutboundPolicy
 
 
 @dataclass
@@ -26,6 +29,8 @@ class CallContext:
     any variables the run carries; templating reads from here."""
     secrets: dict[str, str] = field(default_factory=dict)
     """Organization secrets the workflow refers to (e.g. an LLM API key). Never log these."""
+    outbound: OutboundPolicy | None = None
+    """Where the agent's requests (LLM, cloud STT/TTS) may go; None: the process's policy."""
 
 
 @dataclass

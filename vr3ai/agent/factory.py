@@ -30,6 +30,7 @@ from vr3ai.agent.pipeline import PipelineConfig, VoicePipeline
 from vr3ai.agent.services.base import SpeechToText, TextToSpeech
 from vr3ai.agent.services.cloud import CartesiaTTS, DeepgramSTT, ElevenLabsTTS, OpenAISTT, OpenAITTS
 from vr3ai.agent.services.runtime import RuntimeConfig, VoiceRuntime
+from vr3ai.core.outbound import OutboundPolicy
 from vr3ai.core.secret_hosts import cloud_url
 
 __all__ = [
@@ -45,14 +46,6 @@ __all__ = [
 Note = tuple[Literal["info", "warning", "error"], str]
 
 
-def _url(section: str, provider: str) -> str:
-    # One table (vr3ai.core.secret_hosts) says where a provider's key goes, so the host a secret is
-    # bound to is the host it is sent to.
-    url = cloud_url(section, provider)
-    assert url is not None, (section, provider)
-    return url
-
-
 def _key(cfg: Any, secrets: dict[str, str], what: str, notes: list[Note]) -> str | None:
     name = getattr(cfg, "api_key_secret", None)
     if not name:
@@ -65,24 +58,28 @@ def _key(cfg: Any, secrets: dict[str, str], what: str, notes: list[Note]) -> str
     return key
 
 
-def build_stt(cfg: Any, secrets: dict[str, str], runtime: VoiceRuntime, notes: list[Note]) -> tuple[SpeechToText, bool]:
+def build_stt(
+    cfg: Any, secrets: dict[str, str], runtime: VoiceRuntime, notes: list[Note], policy: OutboundPolicy | None = None
+) -> tuple[SpeechToText, bool]:
     """The STT engine for ``settings.stt``; the bool says whether the call owns (must close) it."""
     provider = getattr(cfg, "provider", "offline")
     model = getattr(cfg, "model", None)
-    if provider == "deepgram":
+    # One table (vr3ai.core.secret_hosts) says where a provider's key goes, so the host a secret is
+    # bound to is the host it is sent to (and the host the outbound policy checked on save).
+    url = cloud_url("stt", provider)
+    if provider == "deepgram" and url:
         key = _key(cfg, secrets, "STT deepgram", notes)
         if key:
-            return DeepgramSTT(key, model=model or "nova-3", base_url=_url("stt", "deepgram")), True
-    elif provider == "openai":
+            return DeepgramSTT(key, model=model or "nova-3", base_url=url, policy=policy), True
+    elif provider == "openai" and url:
         key = _key(cfg, secrets, "STT openai", notes)
         if key:
-            url = _url("stt", "openai")
-            return OpenAISTT(key, model=model or "gpt-4o-mini-transcribe", base_url=url), True
+            return OpenAISTT(key, model=model or "gpt-4o-mini-transcribe", base_url=url, policy=policy), True
     return runtime.stt, False
 
 
 def build_tts(
-    cfg: Any, secrets: dict[str, str], runtime: VoiceRuntime, notes: list[Note]
+    cfg: Any, secrets: dict[str, str], runtime: VoiceRuntime, notes: list[Note], policy: OutboundPolicy | None = None
 ) -> tuple[TextToSpeech, TextToSpeech | None, bool]:
     """(engine, per-sentence fallback, call-owned) for ``settings.tts``."""
     provider = getattr(cfg, "provider", "offline")
@@ -90,22 +87,26 @@ def build_tts(
     model = getattr(cfg, "model", None)
     offline = runtime.local_tts()
     cloud: TextToSpeech | None = None
-    if provider in ("openai", "elevenlabs", "cartesia"):
+    url = cloud_url("tts", provider)
+    if url is not None:
         key = _key(cfg, secrets, f"TTS {provider}", notes)
         if key and provider == "openai":
-            url = _url("tts", "openai")
-            cloud = OpenAITTS(key, voice=voice or "alloy", model=model or "gpt-4o-mini-tts", base_url=url)
+            cloud = OpenAITTS(
+                key, voice=voice or "alloy", model=model or "gpt-4o-mini-tts", base_url=url, policy=policy
+            )
         elif key and provider == "elevenlabs":
-            url = _url("tts", "elevenlabs")
             cloud = ElevenLabsTTS(
-                key, voice=voice or "21m00Tcm4TlvDq8ikWAM", model=model or "eleven_flash_v2_5", base_url=url
+                key,
+                voice=voice or "21m00Tcm4TlvDq8ikWAM",
+                model=model or "eleven_flash_v2_5",
+                base_url=url,
+                policy=policy,
             )
         elif key and provider == "cartesia":
             if not voice:
                 notes.append(("warning", "TTS cartesia: settings.tts.voice (a voice id) is required; using offline"))
             else:
-                url = _url("tts", "cartesia")
-                cloud = CartesiaTTS(key, voice=voice, model=model or "sonic-2", base_url=url)
+                cloud = CartesiaTTS(key, voice=voice, model=model or "sonic-2", base_url=url, policy=policy)
         if cloud is not None:
             return cloud, offline, True
         return offline, None if offline.engine == "flite" else runtime.fallback_tts(), False
@@ -143,9 +144,9 @@ def build_agent(ctx: CallContext, runtime: VoiceRuntime | None = None) -> Agent:
     defn = ensure_definition(ctx.workflow_definition)
     settings = defn.settings
     notes: list[Note] = []
-    responder = build_responder(defn, ctx.variables, ctx.secrets)
-    stt, own_stt = build_stt(settings.stt, ctx.secrets, runtime, notes)
-    tts, fallback, own_tts = build_tts(settings.tts, ctx.secrets, runtime, notes)
+    responder = build_responder(defn, ctx.variables, ctx.secrets, policy=ctx.outbound)
+    stt, own_stt = build_stt(settings.stt, ctx.secrets, runtime, notes, policy=ctx.outbound)
+    tts, fallback, own_tts = build_tts(settings.tts, ctx.secrets, runtime, notes, policy=ctx.outbound)
     owned: list[SpeechToText | TextToSpeech] = []
     if own_stt:
         owned.append(stt)

@@ -13,6 +13,8 @@ Rules worth knowing (see also ``vr3ai.core.endpoints``):
   endpoint key, so ``http://PBX:8088/`` and ``http://pbx:8088`` collide.
 * The running telephony manager is told after every committed change, so a new or edited
   configuration connects without a restart.
+* An ``ari_endpoint_url`` the outbound policy refuses (``vr3ai.core.outbound``) is a 422 on save,
+  naming the policy, rather than a listener that fails later.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from vr3ai.api.validation import (
 )
 from vr3ai.core import media_auth
 from vr3ai.core.endpoints import normalize_ari_endpoint
+from vr3ai.core.outbound import OutboundRefused
 from vr3ai.db.models import Organization, PhoneNumber, TelephonyConfiguration, Workflow
 from vr3ai.services import Services
 
@@ -221,6 +224,13 @@ async def _check_app_free(
         )
 
 
+async def _check_outbound(svc: Services, url: str) -> None:
+    try:
+        await svc.outbound.check_url(url)
+    except OutboundRefused as e:
+        raise field_error(("body", "ari_endpoint_url"), str(e)) from None
+
+
 async def _notify(svc: Services, config_id: str, *, deleted: bool = False) -> None:
     """Tell the live telephony manager. The change is already committed, so a failure here must not
     turn into an error response: the manager reconciles from the database on its next start."""
@@ -240,6 +250,7 @@ async def _notify(svc: Services, config_id: str, *, deleted: bool = False) -> No
 )
 async def create_configuration(body: ConfigCreate, org: OrgDep, svc: ServicesDep) -> ConfigOut:
     endpoint = normalize_ari_endpoint(body.ari_endpoint_url)
+    await _check_outbound(svc, endpoint.url)
     row = TelephonyConfiguration(
         organization_id=org.id,
         name=body.name,
@@ -292,6 +303,8 @@ async def update_configuration(config_id: str, body: ConfigPatch, org: OrgDep, s
     fields = body.model_fields_set
     if bad := non_null(fields, body.model_dump(), _REQUIRED):
         raise field_errors(bad)
+    if body.ari_endpoint_url is not None:
+        await _check_outbound(svc, normalize_ari_endpoint(body.ari_endpoint_url).url)
     async with svc.db.session() as s:
         row = await get_owned(s, TelephonyConfiguration, config_id, org.id, "telephony configuration")
         for name in ("name", "provider", "stasis_app_name", "websocket_client_name", "dial_template", "enabled"):

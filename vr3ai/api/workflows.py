@@ -14,8 +14,9 @@ from vr3ai.api.deps import OrgDep, ServicesDep, Timestamp, get_owned, non_null
 from vr3ai.api.errors import ApiRoute, error_response, field_errors
 from vr3ai.api.limits import LIMIT_RESPONSE, SIZE_RESPONSE, enforce_count, enforce_definition_size
 from vr3ai.api.validation import DialTo, DisplayName, RequestBody
+from vr3ai.core.outbound import OutboundRefused
 from vr3ai.core.quota import QuotaExceeded
-from vr3ai.core.secret_hosts import check_uses, secret_uses
+from vr3ai.core.secret_hosts import check_uses, cloud_url, secret_uses
 from vr3ai.db.models import OrganizationSecret, TelephonyConfiguration, Workflow
 
 router = APIRouter(tags=["workflows"], route_class=ApiRoute)
@@ -110,6 +111,30 @@ async def _bind_secrets(s: AsyncSession, org_id: str, definition: dict[str, Any]
         by_name[name].allowed_hosts = hosts
 
 
+async def _check_outbound(svc: Any, definition: dict[str, Any]) -> None:
+    """A definition that passed :func:`_check_definition`: the URLs its calls will request (the
+    LLM's ``base_url``, the cloud STT/TTS vendors' URLs) must pass the outbound policy, or saving is
+    a 422 naming it, instead of every call failing later."""
+    settings = definition.get("settings") or {}
+    targets: list[tuple[list[str | int], str]] = []
+    llm = settings.get("llm") or {}
+    if llm.get("provider") == "openai_compatible":
+        targets.append((["settings", "llm", "base_url"], str(llm["base_url"])))
+    for kind in ("stt", "tts"):
+        provider = (settings.get(kind) or {}).get("provider", "offline")
+        url = cloud_url(kind, provider)
+        if url:
+            targets.append((["settings", kind, "provider"], url))
+    problems = []
+    for loc, url in targets:
+        try:
+            await svc.outbound.check_url(url)
+        except OutboundRefused as e:
+            problems.append((["body", "definition", *loc], str(e)))
+    if problems:
+        raise field_errors(problems)
+
+
 def _warnings_of(definition: dict[str, Any]) -> list[dict[str, str]]:
     """Warnings for a stored definition. One stored by an older, laxer version may no longer
     validate; it is still shown, with its errors listed as warnings rather than failing the read."""
@@ -144,6 +169,7 @@ def _prewarm(svc: Any, definition: dict[str, Any]) -> None:
 async def create_workflow(body: WorkflowCreate, org: OrgDep, svc: ServicesDep) -> WorkflowOut:
     enforce_definition_size(org, body.definition)
     warnings = _check_definition(body.definition)
+    await _check_outbound(svc, body.definition)
     async with svc.db.session() as s, s.begin():
         await enforce_count(s, org.id, "workflows")
         # Stored as sent (not the model's dump with every default filled in), so later changes of a
@@ -179,6 +205,8 @@ async def update_workflow(workflow_id: str, body: WorkflowPatch, org: OrgDep, sv
     if body.definition is not None:
         enforce_definition_size(org, body.definition)
     warnings = _check_definition(body.definition) if body.definition is not None else None
+    if body.definition is not None:
+        await _check_outbound(svc, body.definition)
     async with svc.db.session() as s, s.begin():
         wf = await get_owned(s, Workflow, workflow_id, org.id, "workflow")
         if body.name is not None:

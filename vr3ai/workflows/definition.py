@@ -49,6 +49,10 @@ Decisions on the open questions of the spec:
   ``name``, ``position`` and ``meta`` are accepted on nodes and edges for the dashboard.
 * Secrets are referenced by name (``api_key_secret``); a field that looks like a key itself
   (``api_key``, ``token``, ...) is rejected with a hint, and error messages never echo its value.
+* ``settings.llm.base_url`` is an origin plus at most an API-version path (``/v1``, or one word
+  and a version: ``/api/v1``, ``/openai/v1``; a trailing ``/chat/completions`` is accepted):
+  requests go to ``{base_url}/chat/completions``, and anything else (a query, a fragment, a user
+  name, another path) would let a workflow aim our server at any URL of any HTTP service.
 
 :func:`validate_definition` is the only entry point that runs the graph checks; it returns a
 :class:`WorkflowDefinition` whose :attr:`~WorkflowDefinition.warnings` lists the non-fatal findings,
@@ -63,6 +67,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
@@ -358,6 +363,43 @@ def _loc(prefix: str, parts: Sequence[Any]) -> str:
     return out
 
 
+_BASE_PATH_SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,40}")
+_VERSION_SEGMENT = re.compile(r"v\d+(?:(?:alpha|beta)\d*)?")
+_BASE_URL_SHAPE = (
+    "must be an http(s) URL such as https://api.openai.com/v1 or http://127.0.0.1:11434/v1: the server's "
+    "origin plus at most an API version path (/v1, /api/v1, /openai/v1); no query, fragment, user name or "
+    "other path (requests go to {base_url}/chat/completions)"
+)
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why ``url`` is not an acceptable LLM ``base_url`` (see the module doc), or None."""
+    if any(c.isspace() for c in url) or "\\" in url or "%" in url:
+        return _BASE_URL_SHAPE
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a bad port)
+    except ValueError:
+        return _BASE_URL_SHAPE
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return _BASE_URL_SHAPE
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        return _BASE_URL_SHAPE
+    if url.endswith(("?", "#")):
+        return _BASE_URL_SHAPE
+    path = parts.path.rstrip("/").removesuffix("/chat/completions")
+    if not path:
+        return None
+    segments = path.split("/")[1:]
+    if (
+        len(segments) > 2
+        or not all(_BASE_PATH_SEGMENT.fullmatch(seg) for seg in segments)
+        or not _VERSION_SEGMENT.fullmatch(segments[-1])
+    ):
+        return _BASE_URL_SHAPE
+    return None
+
+
 def _looks_like_key(value: str) -> bool:
     if value.startswith(("sk-", "sk_", "Bearer ", "xai-", "gsk_")):
         return True
@@ -578,9 +620,8 @@ class _Checker:
                        f"settings.tts: provider '{settings.tts.provider}' needs 'api_key_secret', the name "
                        "of the organization secret holding its API key")
         llm = settings.llm
-        if isinstance(llm, OpenAICompatLLM) and not re.match(r"^https?://[^\s/]+", llm.base_url):
-            self.error("settings.llm.base_url",
-                       "settings.llm: 'base_url' must be an http(s) URL such as https://api.openai.com/v1")
+        if isinstance(llm, OpenAICompatLLM) and (problem := base_url_problem(llm.base_url)):
+            self.error("settings.llm.base_url", f"settings.llm: 'base_url' {problem}")
         return settings
 
     def _parse_variables(self, raw: Any) -> dict[str, VariableValue] | None:

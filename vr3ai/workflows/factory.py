@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from vr3ai.agent.responders.base import Responder
+from vr3ai.core.outbound import OutboundPolicy
 from vr3ai.workflows.definition import OpenAICompatLLM, WorkflowDefinition
 from vr3ai.workflows.engine import ensure_definition
 
@@ -27,6 +28,7 @@ def build_responder(
     secrets: Mapping[str, str] | None = None,
     *,
     http_client: httpx.AsyncClient | None = None,
+    policy: OutboundPolicy | None = None,
 ) -> Responder:
     """The responder for ``definition`` on one call. ``secrets``: organization secrets by name."""
     from vr3ai.agent.responders.openai_compat import OpenAICompatResponder
@@ -41,7 +43,7 @@ def build_responder(
     if llm.api_key_secret:
         api_key = (secrets or {}).get(llm.api_key_secret)
         missing = api_key is None
-    responder = OpenAICompatResponder(defn, variables, api_key=api_key, client=http_client)
+    responder = OpenAICompatResponder(defn, variables, api_key=api_key, client=http_client, policy=policy)
     if missing:
         responder.state.event("warning", f"organization secret '{llm.api_key_secret}' (settings.llm.api_key_secret) "
                                          "was not found; calling the LLM without an API key")

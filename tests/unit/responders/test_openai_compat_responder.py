@@ -279,7 +279,8 @@ async def test_http_error_status(llm_server: ScriptedLLM) -> None:
     r = await make(llm_server)
     parts = await collect(r.respond(speech("hello")))
     assert_apology(r, parts, "HTTP 401")
-    assert "***" in r.state.events[-1]["message"]
+    # The status is kept, what the server said is not (it may be any internal service's page).
+    assert "Incorrect API key" not in r.state.events[-1]["message"]
     assert r.state.node_id == "assist"
     # The call goes on: the next turn tries again.
     llm_server.add(Script(text_chunks("Back again.")))
@@ -303,7 +304,7 @@ async def test_connection_refused() -> None:
     r = OpenAICompatResponder(workflow(f"http://127.0.0.1:{port}/v1"), CTX, api_key=API_KEY)
     await collect(r.opening())
     parts = await collect(r.respond(speech("hello")))
-    assert_apology(r, parts, "ConnectError")
+    assert_apology(r, parts, "no answer from the server")
     await r.aclose()
 
 
@@ -318,7 +319,9 @@ async def test_malformed_chunk(llm_server: ScriptedLLM) -> None:
 async def test_error_object_in_stream(llm_server: ScriptedLLM) -> None:
     llm_server.add(Script([{"error": {"message": "model overloaded"}}]))
     r = await make(llm_server)
-    assert_apology(r, await collect(r.respond(speech("hello"))), "model overloaded")
+    r_parts = await collect(r.respond(speech("hello")))
+    assert_apology(r, r_parts, "the server sent an error instead of a completion")
+    assert "model overloaded" not in json.dumps(r.state.events)
 
 
 async def test_unknown_tool_is_a_warning(llm_server: ScriptedLLM) -> None:

@@ -30,7 +30,12 @@ Failures never escape: an HTTP error status, a timeout (``settings.llm.timeout_s
 connection, the first byte and every gap between chunks), a refused connection or a malformed body
 gives ``phrases.error`` as a spoken apology plus an ``error`` event in ``state.events``; the call
 stays at its node and the next turn tries again. The API key only ever appears in the Authorization
-header: it is not in ``repr()``, events or exception texts (server error bodies are scrubbed of it).
+header: it is not in ``repr()``, events or exception texts.
+
+The ``base_url`` is a tenant's choice, so requests follow the outbound policy
+(``vr3ai.core.outbound``: vetted addresses, no redirects), and the events keep the HTTP status and
+a fixed text of ours, never what the server answered: a server's body stored in the run would
+let a tenant read any internal HTTP service through us. Network failures all read the same.
 
 If the consumer stops iterating a reply early (barge-in), closing the generator closes the HTTP
 stream; what had been generated so far is kept in the history.
@@ -48,6 +53,7 @@ from typing import Any
 import httpx
 
 from vr3ai.agent.responders.base import CallerTurn, ReplyPart, ResponderState, Say
+from vr3ai.core.outbound import OutboundPolicy, OutboundRefused, default_policy
 from vr3ai.workflows.definition import AgentNode, Edge, EndNode, OpenAICompatLLM, StartNode, WorkflowDefinition
 from vr3ai.workflows.engine import NodeT, WorkflowEngine
 
@@ -211,8 +217,9 @@ class OpenAICompatResponder:
     ``definition``'s ``settings.llm`` must be ``openai_compatible`` unless ``base_url`` and
     ``model`` are given. ``api_key`` is the value of the organization secret named by
     ``settings.llm.api_key_secret`` (None for servers without auth). Pass a shared
-    ``httpx.AsyncClient`` to pool connections across calls; otherwise the responder creates one
-    and :meth:`aclose` closes it."""
+    ``httpx.AsyncClient`` to pool connections across calls (it must come from
+    ``OutboundPolicy.http_client``); otherwise the responder creates one with ``policy`` (default:
+    the process's) and :meth:`aclose` closes it."""
 
     def __init__(
         self,
@@ -224,6 +231,7 @@ class OpenAICompatResponder:
         base_url: str | None = None,
         model: str | None = None,
         history_limit: int = 60,
+        policy: OutboundPolicy | None = None,
     ) -> None:
         self.engine = WorkflowEngine(definition, variables)
         self.state: ResponderState = self.engine.state
@@ -245,6 +253,7 @@ class OpenAICompatResponder:
         self.__api_key = api_key or None
         self._client = client
         self._owns_client = client is None
+        self._policy = policy
 
     def __repr__(self) -> str:
         return f"OpenAICompatResponder(url={self.url!r}, model={self.model!r}, node={self.state.node_id!r})"
@@ -457,14 +466,9 @@ class OpenAICompatResponder:
             body["max_tokens"] = self.max_tokens
         return body
 
-    def _scrub(self, text: str) -> str:
-        if self.__api_key:
-            text = text.replace(self.__api_key, "***")
-        return text
-
     async def _get_client(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient()
+            self._client = (self._policy or default_policy()).http_client()
             self._owns_client = True
         return self._client
 
@@ -479,8 +483,7 @@ class OpenAICompatResponder:
         try:
             async with client.stream("POST", self.url, json=body, headers=headers, timeout=timeout) as resp:
                 if resp.status_code >= 400:
-                    detail = (await resp.aread())[:300].decode("utf-8", errors="replace")
-                    raise LLMFailure(f"HTTP {resp.status_code}: {self._scrub(' '.join(detail.split()))}")
+                    raise LLMFailure(f"HTTP {resp.status_code} (what the server said is not kept)")
                 if "application/json" in resp.headers.get("content-type", ""):
                     # The server ignored "stream": true and sent one completion.
                     data = json.loads(await resp.aread())
@@ -496,10 +499,14 @@ class OpenAICompatResponder:
                             break
                         for sentence in self._apply_chunk(json.loads(payload), result, splitter):
                             yield sentence
-        except httpx.TimeoutException as exc:
-            raise LLMFailure(f"timed out after {t:g} s ({type(exc).__name__})") from None
-        except httpx.HTTPError as exc:
-            raise LLMFailure(f"{type(exc).__name__}: {self._scrub(str(exc))[:200]}") from None
+        except OutboundRefused as exc:
+            raise LLMFailure(str(exc)) from None
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            raise LLMFailure("no answer from the server (not resolved, nothing listening, or unreachable)") from None
+        except httpx.TimeoutException:
+            raise LLMFailure(f"timed out after {t:g} s waiting for the answer") from None
+        except httpx.HTTPError:
+            raise LLMFailure("the connection failed before the answer was complete") from None
         except (ValueError, TypeError, AttributeError) as exc:
             raise LLMFailure(f"malformed response from the server ({type(exc).__name__})") from None
         tail = splitter.flush()
@@ -510,7 +517,7 @@ class OpenAICompatResponder:
         if not isinstance(chunk, dict):
             raise ValueError("chunk is not an object")
         if chunk.get("error"):
-            raise LLMFailure(f"server error: {self._scrub(json.dumps(chunk['error']))[:200]}")
+            raise LLMFailure("the server sent an error instead of a completion (its text is not kept)")
         sentences: list[str] = []
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or choice.get("message") or {}

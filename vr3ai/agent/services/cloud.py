@@ -10,6 +10,9 @@ Keys come from ``CallContext.secrets`` by name (see ``vr3ai.agent.factory``). Th
 private attribute, excluded from ``repr``, sent only in the vendor's auth header, and never put
 into exception messages or logs: errors carry the HTTP status and the vendor's error text only.
 
+Requests are made for a tenant, so they follow the outbound policy (``vr3ai.core.outbound``):
+vetted addresses only, no redirects, for HTTP and for Deepgram's WebSocket alike.
+
 Wire formats used (vendor docs):
 
 * Deepgram streaming STT: ``wss://api.deepgram.com/v1/listen?encoding=linear16&sample_rate=8000
@@ -48,6 +51,7 @@ from vr3ai.agent.services.base import (
     Transcript,
     filter_transcript,
 )
+from vr3ai.core.outbound import OutboundPolicy, OutboundRefused, default_policy
 
 _TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 
@@ -77,10 +81,11 @@ class _KeyHolder:
 
 class _HttpMixin:
     _client: httpx.AsyncClient | None = None
+    policy: OutboundPolicy | None = None
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=_TIMEOUT)
+            self._client = (self.policy or default_policy()).http_client(timeout=_TIMEOUT)
         return self._client
 
     async def close(self) -> None:
@@ -118,7 +123,9 @@ class DeepgramSTT(SpeechToText):
         language: str = "en",
         base_url: str = "wss://api.deepgram.com",
         chunk_ms: int = 100,
+        policy: OutboundPolicy | None = None,
     ) -> None:
+        self.policy = policy
         self._key = _KeyHolder(api_key)
         self.model = model
         self.language = language
@@ -126,7 +133,6 @@ class DeepgramSTT(SpeechToText):
         self.chunk_ms = chunk_ms
 
     async def transcribe(self, pcm: bytes, sample_rate: int) -> Transcript:
-        from websockets.asyncio.client import connect
         from websockets.exceptions import WebSocketException
 
         t0 = time.perf_counter()
@@ -146,7 +152,7 @@ class DeepgramSTT(SpeechToText):
         confidences: list[float] = []
         step = max(2, sample_rate * 2 * self.chunk_ms // 1000)
         try:
-            async with connect(
+            async with (self.policy or default_policy()).websocket(
                 f"{self.base_url}/v1/listen?{query}",
                 additional_headers={"Authorization": f"Token {self._key.get()}"},
                 open_timeout=5,
@@ -167,6 +173,8 @@ class DeepgramSTT(SpeechToText):
                             confidences.append(float(alts[0].get("confidence", 1.0)))
                     elif msg.get("type") == "Error" or "err_code" in msg:
                         raise ServiceError(f"deepgram: {msg.get('description') or msg.get('err_msg')}")
+        except OutboundRefused as exc:
+            raise ServiceError(f"deepgram: {exc}") from None
         except (OSError, WebSocketException, TimeoutError) as exc:
             raise ServiceError(f"deepgram: {type(exc).__name__}") from None
         ms = int((time.perf_counter() - t0) * 1000)
@@ -185,7 +193,9 @@ class OpenAISTT(_HttpMixin, SpeechToText):
         model: str = "gpt-4o-mini-transcribe",
         language: str = "en",
         base_url: str = "https://api.openai.com/v1",
+        policy: OutboundPolicy | None = None,
     ) -> None:
+        self.policy = policy
         self._key = _KeyHolder(api_key)
         self.model = model
         self.language = language
@@ -200,6 +210,8 @@ class OpenAISTT(_HttpMixin, SpeechToText):
                 data={"model": self.model, "language": self.language, "response_format": "json"},
                 files={"file": ("turn.wav", write_wav(pcm, sample_rate), "audio/wav")},
             )
+        except OutboundRefused as exc:
+            raise ServiceError(f"openai stt: {exc}") from None
         except httpx.HTTPError as exc:
             raise ServiceError(f"openai stt: {type(exc).__name__}") from None
         if resp.status_code != 200:
@@ -232,6 +244,8 @@ class _HttpStreamTTS(_HttpMixin, TextToSpeech):
                     out = rs.feed(chunk)
                     if out:
                         yield out
+        except OutboundRefused as exc:
+            raise ServiceError(f"{self.engine} tts: {exc}") from None
         except httpx.HTTPError as exc:
             raise ServiceError(f"{self.engine} tts: {type(exc).__name__}") from None
         tail = rs.feed(b"", last=True)
@@ -257,7 +271,9 @@ class OpenAITTS(_HttpStreamTTS):
         model: str = "gpt-4o-mini-tts",
         base_url: str = "https://api.openai.com/v1",
         sample_rate: int = 8000,
+        policy: OutboundPolicy | None = None,
     ) -> None:
+        self.policy = policy
         self._key = _KeyHolder(api_key)
         self.voice = voice
         self.model = model
@@ -284,7 +300,9 @@ class ElevenLabsTTS(_HttpStreamTTS):
         base_url: str = "https://api.elevenlabs.io",
         source_rate: int = 16000,
         sample_rate: int = 8000,
+        policy: OutboundPolicy | None = None,
     ) -> None:
+        self.policy = policy
         self._key = _KeyHolder(api_key)
         self.voice = voice
         self.model = model
@@ -313,7 +331,9 @@ class CartesiaTTS(_HttpStreamTTS):
         version: str = "2025-04-16",
         language: str = "en",
         sample_rate: int = 8000,
+        policy: OutboundPolicy | None = None,
     ) -> None:
+        self.policy = policy
         self._key = _KeyHolder(api_key)
         self.voice = voice
         self.model = model

@@ -472,6 +472,7 @@ class Call:
             workflow_definition=workflow.definition,
             variables=agent_variables(self.context),
             secrets=await self._secrets(workflow),
+            outbound=conn.services.outbound,
         )
         agent = conn.agent_factory(ctx)
         agent_task = asyncio.create_task(agent.run(self.session, ctx, self.report), name=f"agent-{self.run_id}")

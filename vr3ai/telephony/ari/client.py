@@ -11,6 +11,11 @@ What the ARI server answers is *its* text, and the server is whatever the tenant
 show) is always a fixed text of ours built from the status code, and the server's own words are
 kept, capped, in ``remote`` — for matching a few known Asterisk answers and for the operator's log
 (redacted with this configuration's own password), never for a tenant's eyes.
+
+Every request goes through the outbound policy (``vr3ai.core.outbound``): the endpoint is a
+tenant's choice, so we connect only to vetted addresses and never follow redirects. Network-level
+failures all read the same (:data:`NO_ANSWER`): telling "refused", "timed out" and "no such host"
+apart would let a tenant map hosts and ports from inside our network.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from vr3ai.core.outbound import OutboundPolicy, OutboundRefused, default_policy
 from vr3ai.logs import RedactingLogger, Redactor
 
 log = logging.getLogger("vr3ai.telephony.ari.client")
@@ -46,6 +52,8 @@ HANGUP_REASONS = {
 
 REMOTE_TEXT_MAX = 200
 """Characters of a server's error text kept in :attr:`AriError.remote` (and logged)."""
+NO_ANSWER = "no HTTP answer (the host name did not resolve, nothing listens on that port, or the network dropped it)"
+"""The one text for every network-level failure, whatever the cause."""
 
 
 class AriError(Exception):
@@ -124,11 +132,13 @@ class AriClient:
         *,
         max_connections: int = 16,
         timeout: float = 5.0,
+        policy: OutboundPolicy | None = None,
     ) -> None:
         self.base_url = ari_base_url(endpoint_url)
         self.username = username
         self.log = RedactingLogger(log, Redactor([password]))
-        self._http = httpx.AsyncClient(
+        self.policy = policy or default_policy()
+        self._http = self.policy.http_client(
             base_url=self.base_url,
             auth=httpx.BasicAuth(username, password),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
@@ -152,15 +162,15 @@ class AriClient:
         clean = {k: v for k, v in (params or {}).items() if v is not None}
         try:
             resp = await self._http.request(method, path, params=clean, json=json)
-        except httpx.ConnectError as e:
-            raise AriError(0, f"cannot connect to {self.base_url} ({_reason(e)})", method, path) from None
-        except httpx.TimeoutException:
-            raise AriError(0, f"timed out talking to {self.base_url}", method, path) from None
+        except OutboundRefused as e:
+            raise AriError(0, str(e), method, path) from None
         except httpx.HTTPError as e:
-            raise AriError(0, f"{type(e).__name__} talking to {self.base_url}", method, path) from None
+            # The cause stays in our own log (for the platform's operator), not in the text.
+            log.info("ARI request failed", extra={"url": self.base_url, "error": type(e).__name__})
+            raise AriError(0, NO_ANSWER, method, path) from None
         if resp.status_code == 404 and ok_missing:
             return None
-        if resp.status_code >= 400:
+        if resp.status_code >= 300:  # ARI never redirects; a 3xx is not followed (a new, unvetted target)
             remote = _message(resp)
             if resp.status_code != 404:
                 # The operator's view of what the server said; the tenant sees only status_text().
@@ -287,19 +297,3 @@ def _message(resp: httpx.Response) -> str:
         pass
     return resp.text.strip()[:REMOTE_TEXT_MAX]
 
-
-def _reason(e: BaseException) -> str:
-    # httpx wraps the OS error ("All connection attempts failed"); the useful words are in the chain.
-    texts: list[str] = []
-    seen: BaseException | None = e
-    while seen is not None and len(texts) < 5:
-        texts.append(str(seen) or type(seen).__name__)
-        seen = seen.__cause__ or seen.__context__
-    joined = " | ".join(texts).lower()
-    if "refused" in joined:
-        return "connection refused"
-    if "name or service" in joined or "nodename" in joined or "name resolution" in joined:
-        return "host name not found"
-    if "unreachable" in joined:
-        return "network unreachable"
-    return texts[0][:120]

@@ -126,7 +126,9 @@ class AriConnection:
         # This configuration's own passwords, and nobody else's: see vr3ai.logs.
         self.redactor = Redactor([config.app_password, config.media_password])
         self.log = RedactingLogger(log, self.redactor)
-        self.client = AriClient(config.ari_endpoint_url, config.stasis_app_name, config.app_password)
+        self.client = AriClient(
+            config.ari_endpoint_url, config.stasis_app_name, config.app_password, policy=services.outbound
+        )
         self.stream = AriEventStream(
             config_id=config.id,
             endpoint_url=config.ari_endpoint_url,

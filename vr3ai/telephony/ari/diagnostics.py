@@ -28,6 +28,9 @@ Choices worth knowing:
   it up), registered with the media server first. Success is our media server receiving Asterisk's
   connection; ``ChannelDestroyed`` cause 3 means Asterisk could not connect. It runs only while the
   listener is connected (the channel's events reach us through it) and is always hung up.
+* **Not a port scanner**: an endpoint that gives no HTTP answer gets one fixed text, whether the
+  name did not resolve, the port was closed or the packets were dropped (the fix list still says
+  what to check); details come only from an HTTP answer. The client follows the outbound policy.
 * ``ok`` is ``True`` (pass), ``False`` (fail, with a fix) or ``None`` (not checked or cannot tell,
   with the reason in ``detail``). Checks that depend on an earlier failure are reported as ``None``
   rather than piling up failures with the same cause.
@@ -39,7 +42,6 @@ import asyncio
 import inspect
 import logging
 import secrets
-import socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -177,7 +179,9 @@ async def run_diagnostics(
         checks += await _local_checks(services, target)
         return checks
 
-    client = AriClient(url, row.stasis_app_name, password, max_connections=2, timeout=REQUEST_TIMEOUT_S)
+    client = AriClient(
+        url, row.stasis_app_name, password, max_connections=2, timeout=REQUEST_TIMEOUT_S, policy=services.outbound
+    )
     redactor = Redactor([password])
     try:
         authenticated = await _check_ari(client, row, checks)
@@ -271,9 +275,12 @@ async def _check_ari(client: AriClient, row: TelephonyConfiguration, checks: lis
         info = await client.info()
     except AriError as e:
         if e.status == 0:
-            reason = await _network_reason(row.ari_endpoint_url) or e.message
+            # e.message is our own text (NO_ANSWER or the outbound policy's refusal), whatever the
+            # network did: the cause of a failure is not told apart (no port scanning through us).
             checks.append(
-                Check("ARI endpoint reachable", False, f"No answer from {base}: {reason}.", FIX_REACH, "ari_reachable")
+                Check(
+                    "ARI endpoint reachable", False, f"No answer from {base}: {e.message}.", FIX_REACH, "ari_reachable"
+                )
             )
             checks.append(Check("ARI credentials", None, "not checked: ARI is not reachable", "", "credentials"))
             checks.append(Check("ARI module (res_ari)", None, "not checked: ARI is not reachable", "", "res_ari"))
@@ -664,36 +671,6 @@ async def _check_quota(services: Services, org: Organization) -> Check:
     if q.active_calls >= q.max_concurrent_calls:
         return Check(name, False, f"All call slots are busy right now: {calls}.", FIX_QUOTA, "quota")
     return Check(name, True, f"{calls}; {minutes}.", "", "quota")
-
-
-async def _network_reason(endpoint_url: str) -> str | None:
-    """Name the network failure in the words of the troubleshooting list: httpx reports most of them
-    as "All connection attempts failed"."""
-    parts = urlsplit(endpoint_url)
-    host = parts.hostname or ""
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        return None
-    loop = asyncio.get_running_loop()
-    try:
-        await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), REQUEST_TIMEOUT_S)
-    except (OSError, TimeoutError):
-        return f"the host name '{host}' cannot be resolved (DNS)"
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), REQUEST_TIMEOUT_S)
-    except ConnectionRefusedError:
-        return f"connection refused on {host}:{port}: nothing listens there (is Asterisk running, with this bindport?)"
-    except TimeoutError:
-        return f"no answer from {host}:{port} within {REQUEST_TIMEOUT_S:.0f} s (a firewall dropping the traffic?)"
-    except OSError as e:
-        return f"cannot connect to {host}:{port} ({e.strerror or type(e).__name__})"
-    writer.close()
-    try:
-        await writer.wait_closed()
-    except OSError:
-        pass
-    return None
 
 
 def _tag(config_id: str) -> str:

@@ -13,6 +13,8 @@
   calls. We surface state ``replaced`` and log an error; we do NOT grab the app back automatically,
   because two platforms stealing one app from each other lose calls on both sides. A configuration
   update (or ``reconnect()``) takes it back deliberately.
+* The WebSocket connects through the client's outbound policy (``vr3ai.core.outbound``): to the
+  vetted address, without redirects (a 3xx is a failed handshake, not a new target).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import websockets
-from websockets.asyncio.client import connect
 
+from vr3ai.core.outbound import OutboundRefused
 from vr3ai.logs import RedactingLogger, Redactor
 from vr3ai.telephony.ari.client import AriClient, AriError, events_url, safe_version
 
@@ -188,7 +190,7 @@ class AriEventStream:
             up_at: float | None = None
             try:
                 await self._preflight()
-                async with connect(
+                async with self.client.policy.websocket(
                     events_url(self.endpoint_url, self.app),
                     additional_headers={"Authorization": self._auth_header},
                     ping_interval=PING_INTERVAL_S,
@@ -221,6 +223,8 @@ class AriEventStream:
             except asyncio.CancelledError:
                 raise
             except PreflightError as e:
+                self._set_state(ConnectionState.FAILED, str(e))
+            except OutboundRefused as e:
                 self._set_state(ConnectionState.FAILED, str(e))
             except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as e:
                 self._set_state(ConnectionState.FAILED, self._ws_error_text(e))
