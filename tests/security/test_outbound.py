@@ -338,6 +338,7 @@ async def test_redirecting_server_is_not_followed() -> None:
                 client=client,
                 on_event=lambda e: None,
                 on_connected=_nothing,
+                policy=client.policy,
             )
             try:
                 stream.start()

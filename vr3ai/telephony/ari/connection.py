@@ -137,6 +137,7 @@ class AriConnection:
             client=self.client,
             on_event=self.on_event,
             on_connected=self.reconcile,
+            policy=services.outbound,
         )
         self.calls: dict[str, Call] = {}
         self.live: set[Call] = set()

@@ -13,7 +13,7 @@
   calls. We surface state ``replaced`` and log an error; we do NOT grab the app back automatically,
   because two platforms stealing one app from each other lose calls on both sides. A configuration
   update (or ``reconnect()``) takes it back deliberately.
-* The WebSocket connects through the client's outbound policy (``vr3ai.core.outbound``): to the
+* The WebSocket connects through the outbound policy (``vr3ai.core.outbound``): to the
   vetted address, without redirects (a 3xx is a failed handshake, not a new target).
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import websockets
 
-from vr3ai.core.outbound import OutboundRefused
+from vr3ai.core.outbound import OutboundPolicy, OutboundRefused, default_policy
 from vr3ai.logs import RedactingLogger, Redactor
 from vr3ai.telephony.ari.client import AriClient, AriError, events_url, safe_version
 
@@ -120,8 +120,10 @@ class AriEventStream:
         client: AriClient,
         on_event: EventHandler,
         on_connected: ConnectedHandler,
+        policy: OutboundPolicy | None = None,
     ) -> None:
         self.config_id = config_id
+        self.policy = policy or default_policy()
         self.endpoint_url = endpoint_url
         self.app = app
         self._auth_header = "Basic " + base64.b64encode(f"{app}:{password}".encode()).decode()
@@ -190,7 +192,7 @@ class AriEventStream:
             up_at: float | None = None
             try:
                 await self._preflight()
-                async with self.client.policy.websocket(
+                async with self.policy.websocket(
                     events_url(self.endpoint_url, self.app),
                     additional_headers={"Authorization": self._auth_header},
                     ping_interval=PING_INTERVAL_S,
