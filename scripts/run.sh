@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command: install everything (as root), then run VR3 AI (SQLite + offline voice stack) as the
 # unprivileged system user `vr3ai`: a flaw in the server or a library must not own the machine.
-#   VR3AI_HOST / VR3AI_PORT choose where to listen (default 0.0.0.0:8000 so your Asterisk can reach
-#   the media WebSocket); VR3AI_DATA_DIR where data lives (default /var/lib/vr3ai/data).
+#   VR3AI_HOST / VR3AI_PORT choose where to listen (default 0.0.0.0:8000, vr3ai serve's own default, so
+#   your Asterisk can reach the media WebSocket; VR3AI_PUBLIC_URL says how it reaches this machine);
+#   VR3AI_DATA_DIR where data lives (default /var/lib/vr3ai/data).
 #
 # Layout, and why. On a fresh Debian 12 /root is 0700 and adduser makes home folders 0700 too, so the
 # vr3ai user can reach nothing under a home folder: not a venv in ~/.cache, not this clone, not its
@@ -66,7 +67,8 @@ for var in VR3AI_MEDIA_TLS_CERT VR3AI_MEDIA_TLS_KEY; do
     die "user $RUN_USER cannot read $var=$file (e.g. chgrp $RUN_USER it and chmod 640)."
 done
 
-export VR3AI_HOST=${VR3AI_HOST:-0.0.0.0} VR3AI_PORT=${VR3AI_PORT:-8000} VR3AI_DATA_DIR=$DATA HF_HUB_OFFLINE=1
+# VR3AI_HOST is left to `vr3ai serve`'s own default (0.0.0.0): one default, not two that can drift.
+export VR3AI_PORT=${VR3AI_PORT:-8000} VR3AI_DATA_DIR=$DATA HF_HUB_OFFLINE=1
 caps=()
 for port in "$VR3AI_PORT" "${VR3AI_MEDIA_TLS_PORT:-0}"; do
   if [ "$port" -gt 0 ] && [ "$port" -lt 1024 ]; then

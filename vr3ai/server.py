@@ -54,6 +54,33 @@ def _cli(settings: Settings | None = None) -> str:
     return cli
 
 
+def asterisk_url_notice(settings: Settings) -> tuple[str, str | None]:
+    """What start-up prints: where Asterisk must connect (the media ``uri`` of
+    ``websocket_client.conf``), and a warning when that cannot work from another machine: the public
+    URL is loopback (the default when ``VR3AI_PUBLIC_URL`` is unset), or we listen on loopback only."""
+    from vr3ai.telephony.ari.snippets import is_loopback_url, media_ws_uri
+
+    public = settings.effective_public_url()
+    uri = media_ws_uri(public, tls_port=settings.media_tls_port if settings.media_tls_cert else 0)
+    notice = (
+        f"VR3 AI listens on {settings.host}:{settings.port}. Asterisk must reach it at {public}: "
+        f"websocket_client.conf  uri = {uri}"
+    )
+    warning = None
+    if is_loopback_url(public):
+        warning = (
+            f"the URL Asterisk must use ({public}) is a loopback address: only an Asterisk on this "
+            "machine can reach it. Set VR3AI_PUBLIC_URL to the address your Asterisk reaches this "
+            f"machine at, e.g. VR3AI_PUBLIC_URL=http://192.0.2.10:{settings.port}"
+        )
+    elif settings.host == "localhost" or settings.host == "::1" or settings.host.startswith("127."):
+        warning = (
+            f"listening on {settings.host} only, so Asterisk cannot reach {public}; "
+            "set VR3AI_HOST=0.0.0.0 (the default)"
+        )
+    return notice, warning
+
+
 async def _serve(settings: Settings) -> None:
     from vr3ai.cli import ensure_default_organization
 
@@ -72,6 +99,10 @@ async def _serve(settings: Settings) -> None:
             file=sys.stdout,
             flush=True,
         )
+    notice, warning = asterisk_url_notice(settings)
+    print(notice, file=sys.stdout, flush=True)
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     main = uvicorn.Server(uvicorn_config(app, host=settings.host, port=settings.port, lifespan="on"))
     servers = [main]
     if settings.media_tls_port and settings.media_tls_cert and settings.media_tls_key:

@@ -46,7 +46,10 @@ def normalize_database_url(url: str) -> str:
 class Settings:
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("VR3AI_DATA_DIR", "./data")))
     database_url: str = ""
-    host: str = "127.0.0.1"
+    host: str = "0.0.0.0"
+    """Where ``vr3ai serve`` listens. All interfaces, like ``scripts/run.sh``: the Asterisk the guide
+    connects is usually another machine, and loopback-only would refuse it (start-up warns when the
+    URL Asterisk must use is loopback)."""
     port: int = 8000
     public_url: str = ""
     """How Asterisk reaches us (used in generated websocket_client.conf snippets and diagnostics)."""
