@@ -1,4 +1,5 @@
-"""Shared fixtures. The real-Asterisk harness lives in tests/harness (loaded as a plugin)."""
+"""Shared fixtures. The real-Asterisk harness lives in tests/harness (loaded as a plugin);
+tests/ci_skips.py makes every skip a failure under CI."""
 
 import importlib.util
 import socket
@@ -8,7 +9,9 @@ import pytest
 
 from vr3ai.core import outbound
 
-pytest_plugins = ["tests.harness.fixtures"] if importlib.util.find_spec("tests.harness.fixtures") else []
+pytest_plugins = ["tests.ci_skips"] + (
+    ["tests.harness.fixtures"] if importlib.util.find_spec("tests.harness.fixtures") else []
+)
 
 OFFLINE_HOSTS = {"localhost": ["127.0.0.1"]}
 
