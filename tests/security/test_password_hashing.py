@@ -8,6 +8,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select, update
 
 from tests.web.platform import start_platform
@@ -71,3 +72,30 @@ async def test_sign_in_upgrades_an_old_hash(tmp_path: Path) -> None:
             await web.login(user.email, "wrong password", expect=401)
         async with p.services.db.session() as s:
             assert await s.scalar(select(User.password_hash).where(User.email == user.email)) == stored
+
+
+async def test_upgrade_hashes_on_the_low_priority_password_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-hash at sign-in costs a full scrypt: it runs where sign-in hashing runs (niced threads),
+    never on the event loop or asyncio's default executor."""
+    import threading
+
+    from vr3ai.core import orgs
+
+    threads: list[str] = []
+    real = orgs.hash_password
+
+    def recording(password: str) -> str:
+        threads.append(threading.current_thread().name)
+        return real(password)
+
+    async with start_platform(tmp_path) as p:
+        user = await p.create_user()
+        async with p.services.db.session() as s, s.begin():
+            old = _legacy_hash(user.password)
+            await s.execute(update(User).where(User.email == user.email).values(password_hash=old))
+        monkeypatch.setattr(orgs, "hash_password", recording)
+        async with p.dashboard(user) as web:
+            assert (await web.get("/account")).status_code == 200
+    assert len(threads) == 1 and threads[0].startswith("vr3ai-password"), threads

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Executor
 
 from sqlalchemy import func, null, select, update
 
@@ -137,12 +138,13 @@ async def set_password(db: Database, email: str, password: str) -> User:
     return user
 
 
-async def upgrade_password_hash(db: Database, user: User, password: str) -> None:
+async def upgrade_password_hash(db: Database, user: User, password: str, executor: Executor | None = None) -> None:
     """After a successful sign-in with a hash made at an older cost: store one at today's cost.
-    Conditional on the old hash, so a password changed meanwhile is never overwritten."""
+    Conditional on the old hash, so a password changed meanwhile is never overwritten. ``executor``:
+    where the hash runs (the dashboard's low-priority password threads); default: asyncio's."""
     if not password_needs_rehash(user.password_hash):
         return
-    new_hash = await asyncio.to_thread(hash_password, password)  # as in create_user
+    new_hash = await asyncio.get_running_loop().run_in_executor(executor, hash_password, password)
     async with db.session() as s, s.begin():
         done = await s.execute(
             update(User)

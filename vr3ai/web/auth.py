@@ -404,7 +404,7 @@ async def authenticate(
     if not ok or user is None:
         return None
     # A hash made at an older scrypt cost is replaced now that we know the password.
-    await upgrade_password_hash(services.db, user, password)
+    await upgrade_password_hash(services.db, user, password, PasswordHasher.executor())
     return user
 
 
