@@ -109,6 +109,10 @@ class FakeAriClient:
         await self._step("module", name, {}, gone_status=None)
         return {"name": name, "status": "Running"}
 
+    async def may_write(self) -> bool:
+        await self._step("may_write", "", {}, gone_status=None)
+        return True
+
     async def channels(self) -> list[dict[str, Any]]:
         await self._step("channels", "", {}, gone_status=None)
         return list(self.channel_list)

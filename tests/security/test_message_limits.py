@@ -152,6 +152,9 @@ class _PreflightOk:
     async def module(self, name: str) -> dict[str, Any]:
         return {"name": name, "status": "Running"}
 
+    async def may_write(self) -> bool:
+        return True
+
 
 @asynccontextmanager
 async def hostile_ari(events: list[str]) -> AsyncIterator[tuple[str, list[int | None]]]:

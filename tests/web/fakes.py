@@ -108,6 +108,8 @@ class FakeAri:
     )
     expose_config: bool = True
     ari_loaded: bool = True
+    read_only: bool = False
+    """True: the user has read_only = yes (Asterisk answers every non-GET with 403 before routing)."""
     """False: the HTTP server answers but res_ari is not loaded (404 for every /ari path)."""
     url: str = ""
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
@@ -131,6 +133,8 @@ class FakeAri:
             )
         rest = path[len("/ari") :]
         q = request.query_params
+        if self.read_only and request.method != "GET":
+            return JSONResponse({"message": "Write access denied"}, status_code=403)
         if rest == "/asterisk/info":
             return JSONResponse({"system": {"version": self.version, "entity_id": "02:fc:00:00:00:01"}})
         if rest.startswith("/asterisk/modules/"):
@@ -173,7 +177,7 @@ class FakeAri:
             cid = q.get("channelId") or "1795663512.0"
             self.channels_created.append(cid)
             return JSONResponse({"id": cid, "name": f"WebSocket/{q.get('external_host')}/0x1", "state": "Down"})
-        if rest.startswith("/channels/") and request.method == "DELETE":
+        if rest.startswith(("/channels/", "/bridges/")) and request.method == "DELETE":
             return Response(status_code=404)
         return JSONResponse({"message": "not implemented in FakeAri"}, status_code=501)
 

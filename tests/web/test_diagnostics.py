@@ -99,6 +99,7 @@ async def test_healthy_configuration(telephony_platform: Platform, ari: FakeAri)
         "ari_reachable",
         "credentials",
         "res_ari",
+        "ari_write",
         "chan_websocket",
         "res_websocket_client",
         "stasis_app",
@@ -144,6 +145,20 @@ async def test_wrong_password(telephony_platform: Platform, ari: FakeAri) -> Non
     assert "no extra spaces" in c.fix
     text = json.dumps([vars(x) for x in checks.values()])
     assert "wrong-password-123" not in text and PASSWORD not in text
+
+
+async def test_read_only_ari_user(telephony_platform: Platform, ari: FakeAri) -> None:
+    ari.ws_clients["vr3ai"]["uri"] = _expected_uri(telephony_platform)
+    s = await _setup(telephony_platform, ari)
+    assert (await s.run())["ari_write"].ok is True
+    ari.read_only = True
+    checks = await s.run()
+    assert checks["credentials"].ok is True
+    c = checks["ari_write"]
+    assert c.ok is False and "read_only = yes" in c.detail and "read_only = no" in c.fix
+    # The probe was a DELETE of a bridge nobody has; nothing else was written.
+    writes = [(m, p) for m, p, _q in ari.requests if m != "GET" and "externalMedia" not in p]
+    assert writes and all(m == "DELETE" and p.startswith("/ari/bridges/vr3-write-probe-") for m, p in writes)
 
 
 async def test_no_ari_at_url(telephony_platform: Platform, ari: FakeAri) -> None:

@@ -140,6 +140,7 @@ async def test_diagnostics_healthy_and_broken(lab: Any, tmp_path: Path) -> None:
             "ari_reachable",
             "credentials",
             "res_ari",
+            "ari_write",
             "chan_websocket",
             "res_websocket_client",
             "stasis_app",
@@ -167,5 +168,44 @@ async def test_diagnostics_healthy_and_broken(lab: Any, tmp_path: Path) -> None:
         try:
             await asyncio.sleep(0.5)
             assert not [c for c in await client.channels() if "-diag" in str(c.get("id", ""))]
+        finally:
+            await client.aclose()
+
+
+async def test_read_only_ari_user_is_not_connected(lab: Any, tmp_path: Path) -> None:
+    """ari.conf's [vr3ai_ro] has read_only = yes: Asterisk lets it subscribe to events, then refuses
+    every answer with 403. The configuration must say so at connect time, not at the first call."""
+    async with start_platform(tmp_path, port=lab.media_port, telephony=True) as p:
+        user = await p.create_user()
+        async with p.api(user) as api:
+            r = await api.post(
+                "/telephony-configurations",
+                json={
+                    "ari_endpoint_url": _endpoint(lab),
+                    "name": "ro",
+                    "stasis_app_name": "vr3ai_ro",
+                    "app_password": "readonly-secret",
+                    "websocket_client_name": "vr3ai",
+                    "media_username": MEDIA_USER,
+                    "media_password": MEDIA_PASSWORD,
+                },
+            )
+            assert r.status_code == 201, r.text
+            cid = str(r.json()["id"])
+            assert await _wait_state(p, cid, ("failed", "connected")) == "failed"
+            assert p.services.telephony is not None
+            error = p.services.telephony.status(cid)["ari"]["last_error"] or ""
+            assert "read_only = yes" in error and "read_only = no" in error, error
+            shown = (await api.get(f"/telephony-configurations/{cid}/status")).text
+            assert "read_only = no" in shown and "readonly-secret" not in shown
+        checks = {c.key: c for c in await run_diagnostics(p.services, cid)}
+        assert checks["credentials"].ok is True
+        assert checks["ari_write"].ok is False and "read_only = no" in checks["ari_write"].fix, checks["ari_write"]
+        # The probe changed nothing: Asterisk has no bridge of ours.
+        user_name, password = lab.ari_auth
+        client = AriClient(_endpoint(lab), user_name, password)
+        try:
+            assert not [b for b in await client.bridges() if "probe" in str(b.get("id", ""))]
+            assert await client.may_write() is True
         finally:
             await client.aclose()

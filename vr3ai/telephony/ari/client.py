@@ -68,6 +68,17 @@ class AriError(Exception):
         self.remote = remote[:REMOTE_TEXT_MAX]
 
 
+WRITE_PROBE_BRIDGE = "vr3-write-probe-0000000000000000"
+"""The bridge id :meth:`AriClient.may_write` deletes; no code creates one of that name."""
+
+READ_ONLY_TEXT = (
+    "ARI user '{user}' is read-only (read_only = yes in ari.conf): Asterisk accepts its connection but "
+    "refuses every call with 403 Forbidden. Set read_only = no in its section of ari.conf and run "
+    "'module reload res_ari.so' in the Asterisk CLI; VR3 AI reconnects by itself."
+)
+"""What the configuration's state and the diagnostics say about a read-only ARI user."""
+
+
 def status_text(status: int) -> str:
     """The standard reason phrase of ``status`` — ours, not the one on the server's status line."""
     try:
@@ -189,6 +200,23 @@ class AriClient:
     # --- asterisk ---------------------------------------------------------------------------------
     async def info(self) -> dict[str, Any]:
         return await self.request("GET", "/asterisk/info")
+
+    async def may_write(self) -> bool:
+        """Whether this ARI user may change anything (``read_only = no`` in ari.conf).
+
+        Asterisk answers every non-GET request of a read-only user with 403 before it even looks
+        the resource up (res_ari.c), and everyone else's with the resource's own answer. So
+        deleting a bridge that cannot exist is a write that changes nothing: 404 means writable,
+        403 read-only. Any other answer raises (we cannot tell)."""
+        try:
+            await self.request("DELETE", f"/bridges/{WRITE_PROBE_BRIDGE}")
+        except AriError as e:
+            if e.status == 404:
+                return True
+            if e.status == 403:
+                return False
+            raise
+        return True  # a bridge of that name existed and is gone: writable either way
 
     async def module(self, name: str) -> dict[str, Any] | None:
         return await self.request("GET", f"/asterisk/modules/{name}", ok_missing=True)

@@ -51,7 +51,7 @@ from sqlalchemy import select
 
 from vr3ai.db.models import Organization, PhoneNumber, TelephonyConfiguration, Workflow
 from vr3ai.logs import Redactor
-from vr3ai.telephony.ari.client import AriClient, AriError, safe_version, safe_ws_uri
+from vr3ai.telephony.ari.client import READ_ONLY_TEXT, AriClient, AriError, safe_version, safe_ws_uri
 from vr3ai.telephony.ari.snippets import MEDIA_PATH, TLS_NOTE, media_ws_uri
 
 if TYPE_CHECKING:
@@ -74,6 +74,10 @@ FIX_REACH = (
 FIX_CREDENTIALS = (
     "Verify the Stasis App Name matches the ARI user section name in ari.conf. Check the App Password matches "
     "the password in ari.conf. Ensure there are no extra spaces in the credentials."
+)
+FIX_READ_ONLY = (
+    "In ari.conf, set read_only = no in the section named like the Stasis App Name, then run "
+    "module reload res_ari.so in the Asterisk CLI."
 )
 FIX_RES_ARI = (
     "Confirm the ARI module is loaded: run module show like res_ari in the Asterisk CLI. ari.conf must have "
@@ -338,7 +342,20 @@ async def _check_ari(client: AriClient, row: TelephonyConfiguration, checks: lis
     )
     checks.append(Check("ARI credentials", True, f"ARI accepted the user '{row.stasis_app_name}'.", "", "credentials"))
     checks.append(Check("ARI module (res_ari)", True, "res_ari answers ARI requests.", "", "res_ari"))
+    checks.append(await _check_write(client, row))
     return True
+
+
+async def _check_write(client: AriClient, row: TelephonyConfiguration) -> Check:
+    """A read-only ARI user passes every check above and then fails every call at answer (403)."""
+    name = "ARI user may control calls"
+    try:
+        writable = await client.may_write()
+    except AriError as e:
+        return Check(name, None, f"Could not tell: ARI answered a write probe with {e.message}.", "", "ari_write")
+    if not writable:
+        return Check(name, False, READ_ONLY_TEXT.format(user=row.stasis_app_name), FIX_READ_ONLY, "ari_write")
+    return Check(name, True, f"ARI user '{row.stasis_app_name}' is not read-only.", "", "ari_write")
 
 
 async def _module_status(client: AriClient, name: str) -> str | None:

@@ -33,7 +33,7 @@ import websockets
 
 from vr3ai.core.outbound import OutboundPolicy, OutboundRefused, default_policy
 from vr3ai.logs import RedactingLogger, Redactor
-from vr3ai.telephony.ari.client import AriClient, AriError, events_url, safe_version
+from vr3ai.telephony.ari.client import READ_ONLY_TEXT, AriClient, AriError, events_url, safe_version
 
 log = logging.getLogger("vr3ai.telephony.ari.events")
 
@@ -284,6 +284,14 @@ class AriEventStream:
             self.asterisk_info = await self.client.info()
         except AriError as e:
             raise PreflightError(self._rest_error_text(e)) from None
+        # A read-only user connects and receives StasisStart like any other, and then every answer
+        # fails with 403: refuse to call that "connected".
+        try:
+            writable = await self.client.may_write()
+        except AriError as e:
+            raise PreflightError(self._rest_error_text(e)) from None
+        if not writable:
+            raise PreflightError(READ_ONLY_TEXT.format(user=self.app))
         missing = []
         for name in REQUIRED_MODULES:
             try:
