@@ -178,12 +178,15 @@ class FakeTelephony:
     def status(self, config_id: str) -> dict[str, Any]:
         return {"ari": {"state": "connected", "since": "2026-01-01T00:00:00Z", "last_error": None}}
 
-    async def place_call(self, *, organization_id: str, workflow_id: str, config_id: str, to: str) -> str:
+    async def place_call(
+        self, *, organization_id: str, workflow_id: str, config_id: str, to: str, from_extension: str | None = None
+    ) -> str:
         if self.refuse is not None:
             raise self.refuse
-        self.calls.append(
-            {"organization_id": organization_id, "workflow_id": workflow_id, "config_id": config_id, "to": to}
-        )
+        call = {"organization_id": organization_id, "workflow_id": workflow_id, "config_id": config_id, "to": to}
+        if from_extension is not None:
+            call["from_extension"] = from_extension
+        self.calls.append(call)
         return str(uuid.uuid4())
 
 

@@ -135,6 +135,43 @@ async def test_place_call(platform_tel: Platform, fake_telephony: FakeTelephony)
     assert len(fake_telephony.calls) == 1
 
 
+async def test_place_call_with_a_dial_string_and_a_from_extension(
+    platform_tel: Platform, fake_telephony: FakeTelephony
+) -> None:
+    """Issue 14 items 1-2: 'to' may be a full dial string of a known channel technology (what the
+    dashboard offers), 'from' one of the configuration's From Extensions; anything else is a 422."""
+    t = await platform_tel.tenant()
+    wid = await platform_tel.workflow(t)
+    cid = await platform_tel.configuration(t, from_extensions=["PJSIP/6001", "6002"])
+    url = f"/api/v1/workflows/{wid}/calls"
+    for to in ("PJSIP/6001", "pjsip/6001", "PJSIP/trunk/sip:+15551234567@pbx.example.com:5060;transport=tcp",
+               "Local/6001@from-internal", "IAX2/pbx2/6001"):
+        ok(await t.http.post(url, json={"telephony_configuration_id": cid, "to": to}), 202)
+    ok(await t.http.post(url, json={"telephony_configuration_id": cid, "to": "6001", "from": "6002"}), 202)
+    ok(await t.http.post(url, json={"telephony_configuration_id": cid, "to": "6001", "from": "PJSIP/6001"}), 202)
+    assert [c["to"] for c in fake_telephony.calls[:5]] == [
+        "PJSIP/6001", "pjsip/6001", "PJSIP/trunk/sip:+15551234567@pbx.example.com:5060;transport=tcp",
+        "Local/6001@from-internal", "IAX2/pbx2/6001",
+    ]
+    assert [c.get("from_extension") for c in fake_telephony.calls] == [None] * 5 + ["6002", "PJSIP/6001"]
+
+    for body, loc, text in [
+        ({"to": "Foo/6001"}, ["body", "to"], "unknown channel technology 'Foo'"),
+        ({"to": "PJSIP/6001,30"}, ["body", "to"], "',' and '&' are not allowed"),
+        ({"to": "PJSIP/6001&PJSIP/6002"}, ["body", "to"], "',' and '&' are not allowed"),
+        ({"to": "PJSIP/"}, ["body", "to"], "dial string like"),
+        ({"to": "PJSIP/${EXTEN}"}, ["body", "to"], "dial string like"),
+        ({"to": "/6001"}, ["body", "to"], "unknown channel technology"),
+        ({"to": "6001", "from": "6003"}, ["body", "from"], "'PJSIP/6001', '6002'"),
+        ({"to": "6001", "from": "6001"}, ["body", "from"], "From Extensions"),
+    ]:
+        r = await t.http.post(url, json={"telephony_configuration_id": cid, **body})
+        assert r.status_code == 422, (body, r.text)
+        detail = r.json()["detail"][0]
+        assert detail["loc"] == loc and text in detail["msg"], (body, r.text)
+    assert len(fake_telephony.calls) == 7
+
+
 async def test_place_call_without_telephony_is_503(platform: Platform) -> None:
     t = await platform.tenant()
     wid = await platform.workflow(t)

@@ -233,11 +233,13 @@ class ConfigurationPage:
             out[key] = True if "pass" in cls.split() else False if "fail" in cls.split() else None
         return out
 
-    async def place_test_call(self, workflow_name: str, to: str) -> RunPage:
+    async def place_test_call(self, workflow_name: str, to: str, from_: str | None = None) -> RunPage:
         page = self.page
         section = page.locator("#test-call")
         await section.get_by_label("Workflow").select_option(label=workflow_name)
         await section.get_by_label("Call").fill(to)
+        if from_ is not None:
+            await section.get_by_label("From").select_option(label=from_)
         await section.get_by_role("button", name="Place test call").click()
         await page.wait_for_url(re.compile(r"/runs/[0-9a-f-]{36}$"))
         return RunPage(page)

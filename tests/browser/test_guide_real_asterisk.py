@@ -17,6 +17,7 @@ Screenshots (desktop and phone) go to ``artifacts/screenshots/real-asterisk/``.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -158,6 +159,42 @@ async def test_inbound_call_walk(lab: AsteriskLab, tmp_path: Path, browser: Brow
         await ctx.close()
 
         await _phone_walk(browser, platform, user, config_id, run_url)
+
+
+async def test_test_call_button_dials_the_lab_sip_phone(lab: AsteriskLab, tmp_path: Path, browser: Browser) -> None:
+    """Issue 14 items 1-2: the configuration keeps the default dial template (PJSIP/{to}); the Test call
+    button dials extension 6100, the lab's PJSIP phone (a real SIP + RTP leg that answers), from the
+    second From Extension; the callee is shown that caller ID and the run completes."""
+    fields = dataclasses.replace(lab_fields(lab), from_extensions="PJSIP/6001, 6002")
+    lab.set_callee("6100", hold_s=8)
+    async with start_platform(
+        tmp_path, port=lab.media_port, telephony=True, settings_overrides={"voice": True}
+    ) as platform:
+        user = await platform.create_user("operator@example.com")
+        ctx = await new_context(browser, platform.base_url)
+        page = await ctx.new_page()
+        errors = _page_errors(page)
+        ui = Dashboard(page)
+        await ui.sign_in(user.email, user.password)
+        await ui.create_workflow("Receptionist")
+        config = await ui.add_configuration(fields)
+        await config.wait_for_state("Connected")
+        section = page.locator("#test-call")
+        await expect(section).to_contain_text("PJSIP/{to}")
+        await expect(section.get_by_label("From").locator("option")).to_have_text(["PJSIP/6001", "6002"])
+        run = await config.place_test_call("Receptionist", "6100", from_="6002")
+        status = await run.wait_final(timeout_ms=60_000)
+        assert status == "completed", await page.locator("main").inner_text()
+        head = page.locator(".page-head")
+        await expect(head).to_contain_text("6100")
+        assert await lab.callee_caller_id("6100") == "6002"  # the callee saw the chosen From
+        assert lab.callee_recordings("6100"), "the SIP phone recorded nothing"
+        transcript = await run.transcript()
+        assert transcript and transcript[0][0] == "agent", transcript
+        await screenshot(page, f"{SHOTS}/desktop-07-test-call-sip-phone")
+        assert not errors, errors
+        await ctx.close()
+    assert not await lab.wait_no_channels(timeout_s=10)
 
 
 async def _assert_run_page(run: RunPage) -> None:

@@ -843,6 +843,13 @@ class AsteriskLab:
         _check_id(exten)
         self.rx(f"dialplan set global CALLEE_WAV_{exten} {self.install_sound(wav) if wav else ''}")
         self.rx(f"dialplan set global CALLEE_HOLD_{exten} {'' if hold_s is None else f'{hold_s:.3f}'}")
+        self.rx(f"dialplan set global CALLEE_CID_{exten} ")
+
+    async def callee_caller_id(self, exten: str) -> str:
+        """The caller ID number [outbound-sim] callee `exten` was last shown (empty: not called)."""
+        _check_id(exten)
+        r = await self.ari("GET", "/asterisk/variable", params={"variable": f"CALLEE_CID_{exten}"})
+        return str(r.json().get("value") or "")
 
     def callee_recordings(self, exten: str, track: str = "heard") -> list[Path]:
         """MixMonitor files of [outbound-sim] callee `exten`, oldest first."""

@@ -61,7 +61,9 @@ class FakeTelephony:
     def connection(self, config_id: str) -> Any:
         return self.conns.get(config_id)
 
-    async def place_call(self, *, organization_id: str, workflow_id: str, config_id: str, to: str) -> str:
+    async def place_call(
+        self, *, organization_id: str, workflow_id: str, config_id: str, to: str, from_extension: str | None = None
+    ) -> str:
         if self.refuse is not None:
             raise self.refuse
         async with self.services.db.session() as s:
@@ -84,7 +86,9 @@ class FakeTelephony:
             )
         except QuotaExceeded as e:
             raise CallRefused(f"quota: {e.reason}", 429) from None
-        self.calls.append({"workflow_id": workflow_id, "config_id": config_id, "to": to, "run_id": run.id})
+        self.calls.append(
+            {"workflow_id": workflow_id, "config_id": config_id, "to": to, "from": from_extension, "run_id": run.id}
+        )
         return run.id
 
 

@@ -306,3 +306,19 @@ async def test_test_call_redirects_to_the_run(telephony_platform: Platform) -> N
         fake.refuse = CallRefused("the ARI connection of this configuration is failed: cannot reach ARI", 409)
         r = await web.post_form(f"/telephony-configurations/{cid}/test-call", {"workflow_id": wf, "to": "6001"})
         assert r.status_code == 409 and "cannot reach ARI" in r.text
+        fake.refuse = None
+
+        # The dial string the help text offers is accepted, and From offers every From Extension.
+        page = (await web.get(f"/telephony-configurations/{cid}")).text
+        assert 'a full dial string like <code>PJSIP/6001</code>' in page
+        assert '<select id="tc-from" name="from">' in page
+        assert '<option value="PJSIP/6001"' in page and '<option value="6002"' in page
+        form = {"workflow_id": wf, "to": "PJSIP/6001", "from": "6002"}
+        r = await web.post_form(f"/telephony-configurations/{cid}/test-call", form)
+        assert r.status_code == 303, r.text
+        assert fake.calls[-1]["to"] == "PJSIP/6001" and fake.calls[-1]["from"] == "6002"
+        form = {"workflow_id": wf, "to": "6001", "from": "6009"}
+        r = await web.post_form(f"/telephony-configurations/{cid}/test-call", form)
+        assert r.status_code == 422 and "must be one of the configuration&#39;s From Extensions" in r.text
+        r = await web.post_form(f"/telephony-configurations/{cid}/test-call", {"workflow_id": wf, "to": "Foo/6001"})
+        assert r.status_code == 422 and "unknown channel technology" in r.text

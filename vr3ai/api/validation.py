@@ -22,6 +22,15 @@ _IDENT = re.compile(r"[A-Za-z0-9_.-]+")
 _EXTENSION = re.compile(r"[A-Za-z0-9+*#_.-]+")
 _DIAL_TARGET = re.compile(r"[A-Za-z0-9+*#_.@-]+")
 _TECH = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+# The resource of a full dial string: what PJSIP/IAX2/Local/DAHDI resources and SIP URIs use. No ','
+# or '&' (Dial options, a second channel), no spaces, no '$' or '(' (nothing that looks like dialplan).
+_DIAL_RESOURCE = re.compile(r"[A-Za-z0-9+*#_.@:;=/~\[\]-]+")
+_CHANNEL_TECHS = {
+    t.lower(): t
+    for t in ("PJSIP", "SIP", "IAX2", "DAHDI", "Local", "Motif", "Skinny", "MGCP", "UNISTIM", "ooh323", "Console")
+}
+"""Channel technologies a dial string may name (compared case-insensitively, as Asterisk does): the
+drivers that place calls to phones, trunks or the dialplan."""
 
 
 def _no_outer_spaces(value: str) -> None:
@@ -111,12 +120,40 @@ def _address(value: str) -> str:
     return value
 
 
+def dial_string_problem(value: str) -> str | None:
+    """Why ``value`` is not a full dial string Asterisk can originate (``TECH/resource``), or None."""
+    tech, _, resource = value.partition("/")
+    if tech.lower() not in _CHANNEL_TECHS:
+        known = ", ".join(sorted(_CHANNEL_TECHS.values()))
+        return f"is a dial string with an unknown channel technology '{tech}' (known: {known})"
+    if "," in value or "&" in value:
+        # ',' would start Dial options and '&' a second channel: one test call dials one channel.
+        return "must be one dial string: ',' and '&' are not allowed"
+    if not resource or not _DIAL_RESOURCE.fullmatch(resource):
+        return (
+            "must be a dial string like 'PJSIP/6001', 'PJSIP/6001/sip:6001@pbx' or 'Local/6001@from-internal': "
+            "letters, digits and + * # _ . @ : ; = / - only"
+        )
+    return None
+
+
 def _dial_to(value: str) -> str:
+    """Who a call goes to: an extension or number (dialled through the configuration's dial
+    template), or a full dial string of a known channel technology (dialled as written)."""
     _no_outer_spaces(value)
     if not value:
         raise ValueError("must not be empty")
+    if len(value) > 200:
+        raise ValueError("must be at most 200 characters")
+    if "/" in value:
+        problem = dial_string_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
     if not _DIAL_TARGET.fullmatch(value):
-        raise ValueError("must be an extension or number like '6001' or '+15551234567'")
+        raise ValueError(
+            "must be an extension or number like '6001' or '+15551234567', or a full dial string like 'PJSIP/6001'"
+        )
     if len(value) > 100:
         raise ValueError("must be at most 100 characters")
     return value

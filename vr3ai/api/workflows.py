@@ -6,12 +6,12 @@ import re
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vr3ai.api.deps import OrgDep, ServicesDep, Timestamp, get_owned, non_null
-from vr3ai.api.errors import ApiRoute, error_response, field_errors
+from vr3ai.api.errors import ApiRoute, error_response, field_error, field_errors
 from vr3ai.api.limits import LIMIT_RESPONSE, SIZE_RESPONSE, enforce_count, enforce_definition_size
 from vr3ai.api.validation import DialTo, DisplayName, RequestBody
 from vr3ai.core.outbound import OutboundRefused
@@ -55,9 +55,20 @@ class WorkflowList(BaseModel):
 
 
 class CallCreate(RequestBody):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     telephony_configuration_id: str
-    to: DialTo
+    to: DialTo = Field(
+        description="An extension or number, dialled through the configuration's dial template "
+        "(default 'PJSIP/{to}'), or a full dial string of a known channel technology, like 'PJSIP/6001'.",
+        examples=["6001", "PJSIP/6001"],
+    )
+    from_: str | None = Field(
+        default=None,
+        alias="from",
+        description="One of the configuration's From Extensions: the caller ID Asterisk presents "
+        "(its channel technology prefix removed). Default: the first one.",
+        examples=["PJSIP/6001"],
+    )
 
 
 class CallAccepted(BaseModel):
@@ -246,12 +257,22 @@ async def place_call(workflow_id: str, body: CallCreate, org: OrgDep, svc: Servi
 
     async with svc.db.session() as s:
         await get_owned(s, Workflow, workflow_id, org.id, "workflow")
-        await get_owned(s, TelephonyConfiguration, body.telephony_configuration_id, org.id, "telephony configuration")
+        row = await get_owned(
+            s, TelephonyConfiguration, body.telephony_configuration_id, org.id, "telephony configuration"
+        )
+    from_extensions = list(row.from_extensions or [])
+    if body.from_ is not None and body.from_ not in from_extensions:
+        allowed = ", ".join(f"'{x}'" for x in from_extensions) or "none are configured"
+        raise field_error(["body", "from"], f"must be one of the configuration's From Extensions ({allowed})")
     if svc.telephony is None:
         raise HTTPException(503, "telephony is not running in this process")
     try:
         run_id = await svc.telephony.place_call(
-            organization_id=org.id, workflow_id=workflow_id, config_id=body.telephony_configuration_id, to=body.to
+            organization_id=org.id,
+            workflow_id=workflow_id,
+            config_id=body.telephony_configuration_id,
+            to=body.to,
+            from_extension=body.from_,
         )
     except CallRefused as e:
         raise HTTPException(e.status_code, str(e)) from None

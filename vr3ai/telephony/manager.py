@@ -113,7 +113,12 @@ class TelephonyManager:
     def connection(self, config_id: str) -> AriConnection | None:
         return self.connections.get(config_id)
 
-    async def place_call(self, *, organization_id: str, workflow_id: str, config_id: str, to: str) -> str:
+    async def place_call(
+        self, *, organization_id: str, workflow_id: str, config_id: str, to: str, from_extension: str | None = None
+    ) -> str:
+        """``to``: an extension/number (through the dial template) or a full dial string (as is).
+        ``from_extension``: one of the configuration's From Extensions (default the first); its
+        number, tech prefix removed, is the caller ID Asterisk presents."""
         conn = self.connections.get(config_id)
         if conn is None or conn.config.organization_id != organization_id:
             raise CallRefused("telephony configuration is not active", 409)
@@ -124,7 +129,9 @@ class TelephonyManager:
         if not to or any(c.isspace() for c in to):
             raise CallRefused("'to' must be an extension, a number or a dial string without spaces", 422)
         endpoint = to if "/" in to else conn.config.dial_template.replace("{to}", to)
-        from_ext = conn.config.from_extensions[0] if conn.config.from_extensions else ""
+        if from_extension is not None and from_extension not in conn.config.from_extensions:
+            raise CallRefused("'from' must be one of the configuration's From Extensions", 422)
+        from_ext = from_extension or (conn.config.from_extensions[0] if conn.config.from_extensions else "")
         caller_number = from_ext.split("/")[-1] if from_ext else ""
         caller_id = f'"VR3 AI" <{caller_number}>' if caller_number else None
         async with self.services.db.session() as s:

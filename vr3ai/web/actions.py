@@ -137,7 +137,12 @@ async def delete_workflow(svc: Services, org: Organization, workflow_id: str) ->
     await call(api_workflows.delete_workflow(workflow_id, org, svc))
 
 
-async def place_call(svc: Services, org: Organization, workflow_id: str, config_id: str, to: str) -> str:
-    body = build(api_workflows.CallCreate, {"telephony_configuration_id": config_id, "to": to})
+async def place_call(
+    svc: Services, org: Organization, workflow_id: str, config_id: str, to: str, from_extension: str | None = None
+) -> str:
+    fields: dict[str, str] = {"telephony_configuration_id": config_id, "to": to}
+    if from_extension:
+        fields["from"] = from_extension
+    body = build(api_workflows.CallCreate, fields)
     accepted = await call(api_workflows.place_call(workflow_id, body, org, svc))
     return accepted.run_id

@@ -134,7 +134,7 @@ async def _detail_context(svc: Services, viewer: Viewer, row: TelephonyConfigura
         "public_url_is_loopback": snippets.is_loopback_url(public_url),
         "number_errors": {},
         "number_values": {},
-        "test_call": {"errors": FormErrors(), "workflow_id": "", "to": ""},
+        "test_call": {"errors": FormErrors(), "workflow_id": "", "to": "", "from": ""},
         "checks": None,
         "provider": PROVIDERS.get(row.provider),
     }
@@ -299,6 +299,7 @@ async def test_call(request: Request, config_id: str, viewer: PostViewerDep, svc
     form = await request.form()
     workflow_id = str(form.get("workflow_id") or "")
     to = str(form.get("to") or "")
+    from_extension = str(form.get("from") or "")
     errors = FormErrors()
     if not workflow_id:
         errors.fields["workflow_id"] = "choose the workflow the agent should run"
@@ -311,7 +312,7 @@ async def test_call(request: Request, config_id: str, viewer: PostViewerDep, svc
             errors.fields["workflow_id"] = "no workflow with this id in your organization"
     if not errors:
         try:
-            run_id = await actions.place_call(svc, viewer.org, workflow_id, row.id, to)
+            run_id = await actions.place_call(svc, viewer.org, workflow_id, row.id, to, from_extension or None)
         except FormErrors as e:
             errors = e
         else:
@@ -319,5 +320,5 @@ async def test_call(request: Request, config_id: str, viewer: PostViewerDep, svc
     if "telephony_configuration_id" in errors.fields:
         errors.messages.append(errors.fields.pop("telephony_configuration_id"))
     ctx = await _detail_context(svc, viewer, row)
-    ctx["test_call"] = {"errors": errors, "workflow_id": workflow_id, "to": to}
+    ctx["test_call"] = {"errors": errors, "workflow_id": workflow_id, "to": to, "from": from_extension}
     return render(request, "telephony_detail.html", ctx, viewer=viewer, status_code=errors.status_code)
