@@ -406,3 +406,57 @@ async def test_diagnostics_do_not_tell_network_failures_apart(tmp_path: Path) ->
             assert c.ok is False and "firewall" in c.fix
             details.append(c.detail.replace(f"{url}/ari", "URL"))
         assert details[0] == details[1] and NO_ANSWER in details[0], details
+
+
+def _tls_files(d: Path, name: str) -> tuple[Path, Path, Path]:
+    """A test CA and a server certificate for the DNS name ``name`` only (no IP address in it)."""
+    import subprocess
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=outbound-test-ca",
+        "-keyout", "ca.key", "-out", "ca.pem", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", "server.key", "-out", "server.csr")
+    (d / "ext.cnf").write_text(f"subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "ext.cnf", "-out", "server.pem")
+    return d / "ca.pem", d / "server.pem", d / "server.key"
+
+
+async def test_tls_to_the_vetted_address_checks_the_name(tmp_path: Path) -> None:
+    """Connecting to the vetted address keeps TLS honest: the server name (SNI) and the certificate
+    check are the host name's, not the address's; a certificate for another name fails."""
+    import ssl
+
+    name = "pbx.tls.example"
+    ca, cert, key = _tls_files(tmp_path, name)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    sni: list[str | None] = []
+    server_ctx.sni_callback = lambda sock, server_name, ctx: sni.append(server_name)  # type: ignore[assignment,misc]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}")
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+    port = srv.sockets[0].getsockname()[1]
+    client_ctx = ssl.create_default_context(cafile=str(ca))
+    try:
+        policy = OutboundPolicy("", resolver=table({name: ["127.0.0.1"], "other.tls.example": ["127.0.0.1"]}))
+        async with policy.http_client(verify=client_ctx) as http:
+            r = await http.get(f"https://{name}:{port}/ari/asterisk/info")
+            assert r.status_code == 200 and sni == [name]
+            with pytest.raises(httpx.ConnectError):  # the certificate does not name this host
+                await http.get(f"https://other.tls.example:{port}/ari/asterisk/info")
+    finally:
+        srv.close()
+        await srv.wait_closed()

@@ -238,9 +238,9 @@ class OutboundPolicy:
 
     def http_client(self, **kwargs: Any) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient`` for tenant-chosen URLs: vetted addresses, no redirects, no
-        environment proxies. ``limits`` goes to the transport; other arguments to the client."""
-        limits = kwargs.pop("limits", None)
-        transport = self.transport(**({"limits": limits} if limits is not None else {}))
+        environment proxies. ``limits`` and ``verify`` go to the transport (a client ignores its own
+        once it has one); other arguments to the client."""
+        transport = self.transport(**{k: kwargs.pop(k) for k in ("limits", "verify") if k in kwargs})
         return httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False, **kwargs)
 
     @asynccontextmanager
@@ -261,11 +261,15 @@ class _NoRedirectConnect(connect):
 
 class PolicyTransport(httpx.AsyncBaseTransport):
     """Resolves and vets each request's host (answers cached for ``cache_ttl_s``), then sends the
-    request to the vetted address with the original Host header and TLS server name."""
+    request to the vetted address with the original Host header and TLS server name.
+
+    One connection pool per host name: pools key connections by the URL's address, so two names
+    served at one address would otherwise share a TLS connection verified for only one of them."""
 
     def __init__(self, policy: OutboundPolicy, **kwargs: Any) -> None:
         self.policy = policy
-        self._inner = httpx.AsyncHTTPTransport(**kwargs)
+        self._kwargs = kwargs
+        self._pools: dict[tuple[str, str, int], httpx.AsyncHTTPTransport] = {}
         self._vetted: dict[tuple[str, int], tuple[str, float]] = {}
 
     async def _address(self, host: str, port: int) -> str:
@@ -295,10 +299,16 @@ class PolicyTransport(httpx.AsyncBaseTransport):
             stream=request.stream,
             extensions=extensions,
         )
-        return await self._inner.handle_async_request(vetted)
+        key = (url.scheme, url.host, port)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = httpx.AsyncHTTPTransport(**self._kwargs)
+        return await pool.handle_async_request(vetted)
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            await pool.aclose()
 
 
 _default: OutboundPolicy | None = None
