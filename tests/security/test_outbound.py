@@ -325,6 +325,8 @@ async def test_redirecting_server_is_not_followed() -> None:
                 return ok_json(b'{"system": {"version": "22.0.0"}}')
             if path.startswith("/ari/asterisk/modules/"):
                 return ok_json(b'{"name": "x", "status": "Running"}')
+            if method == "DELETE" and path.startswith("/ari/bridges/"):  # the write probe: a writable user
+                return 404, {"Content-Type": "application/json"}, b'{"message": "Bridge not found"}'
             scheme = "ws" if path.startswith("/ari/events") else "http"
             return 302, {"Location": f"{scheme}://{target.host}:{target.port}{path}"}, b""
 
