@@ -44,6 +44,9 @@ def asterisk_lab() -> Iterator[AsteriskLab]:
     lab = AsteriskLab(
         media_port=int(os.environ.get("VR3AI_TEST_MEDIA_PORT", "18765")),
         tls_media_port=int(os.environ.get("VR3AI_TEST_TLS_MEDIA_PORT", "18766")),
+        # Another chroot (VR3AI_ASTERISK_CHROOT) on other ports can run beside the default lab.
+        ari_port=int(os.environ.get("VR3AI_TEST_ARI_PORT", "8088")),
+        sip_port=int(os.environ.get("VR3AI_TEST_SIP_PORT", "5060")),
     )
     lab.start()
     try:
@@ -67,6 +70,7 @@ def clean_asterisk_lab(asterisk_lab: AsteriskLab) -> Iterator[AsteriskLab]:
     if asterisk_lab.is_running():
         _run_in_thread(asterisk_lab.hangup_all)
         asterisk_lab.reset_websocket_clients()
+        asterisk_lab.reset_snippets()
 
 
 def _run_in_thread(fn: Callable[[], Coroutine[Any, Any, None]], timeout: float = 30.0) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest_asyncio
 
-from tests.harness import AsteriskLab
+from tests.harness import AsteriskLab, SecondAsterisk
 from tests.integration.agents import AgentRecorder
 from tests.integration.platform import RunningPlatform, running_platform
 
@@ -35,3 +36,27 @@ async def recorder() -> AgentRecorder:
 async def platform(lab: AsteriskLab, tmp_path: Path, recorder: AgentRecorder) -> AsyncIterator[RunningPlatform]:
     async with running_platform(tmp_path, port=lab.media_port, agent_factory=recorder, ring_timeout_s=4) as p:
         yield p
+
+
+@pytest_asyncio.fixture
+async def sip_phone(lab: AsteriskLab) -> AsyncIterator[SecondAsterisk]:
+    """The lab's SIP phone: a second Asterisk registered with the lab as PJSIP endpoint 7001."""
+    phone = lab.second("phone", role="phone")
+    await asyncio.to_thread(phone.start)
+    try:
+        await phone.wait_registered()
+        yield phone
+    finally:
+        await asyncio.to_thread(phone.stop)
+
+
+@pytest_asyncio.fixture
+async def lab2(lab: AsteriskLab) -> AsyncIterator[SecondAsterisk]:
+    """A second PBX under test, its websocket_client sections pointed at the same platform port."""
+    pbx = lab.second("pbx2")
+    await asyncio.to_thread(pbx.start)
+    try:
+        await pbx.warm_up()
+        yield pbx
+    finally:
+        await asyncio.to_thread(pbx.stop)

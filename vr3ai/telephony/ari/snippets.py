@@ -214,7 +214,7 @@ def conf_value(value: str) -> str:
 
 def reload_commands() -> Snippet:
     text = (
-        "ari reload                                 # picks up ari.conf changes\n"
+        "module reload res_ari.so                   # picks up ari.conf changes\n"
         "dialplan reload                            # picks up extensions.conf changes\n"
         "module reload res_websocket_client.so      # picks up websocket_client.conf changes\n"
     )
@@ -222,7 +222,11 @@ def reload_commands() -> Snippet:
         "Asterisk CLI",
         "Apply the configuration changes (asterisk -rvvv)",
         text,
-        ("Changes to http.conf require a full Asterisk reload (core reload) or a service restart.",),
+        (
+            "Asterisk 22 has no \"ari reload\" command (some guides print it; the CLI answers \"No such "
+            "command\"): module reload res_ari.so is what re-reads ari.conf.",
+            "Changes to http.conf require a full Asterisk reload (core reload) or a service restart.",
+        ),
     )
 
 
