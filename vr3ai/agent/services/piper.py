@@ -82,9 +82,11 @@ class _Worker:
 
     async def _read_msg(self) -> bytes | None:
         assert self.proc is not None and self.proc.stdout is not None
-        head = await self.proc.stdout.readexactly(4)
+        # stop() clears self.proc while we wait for the header: keep reading the stream we began.
+        stdout = self.proc.stdout
+        head = await stdout.readexactly(4)
         (n,) = _HDR.unpack(head)
-        return await self.proc.stdout.readexactly(n)
+        return await stdout.readexactly(n)
 
     async def _read_loop(self) -> None:
         try:
@@ -122,9 +124,8 @@ class _Worker:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.returncode is None:
-            with contextlib.suppress(Exception):
-                assert proc.stdin is not None
+        if proc.returncode is None and proc.stdin is not None:
+            with contextlib.suppress(OSError):  # it died meanwhile (broken pipe): wait() sees it
                 proc.stdin.write(_HDR.pack(1) + b"Q")
                 await proc.stdin.drain()
                 proc.stdin.close()
@@ -220,7 +221,8 @@ class PiperTTS(TextToSpeech):
                 # Barge-in or caller gone: tell the worker to skip the rest of this request.
                 worker.pending.pop(rid, None)
                 if worker.alive:
-                    with contextlib.suppress(Exception):
+                    # A worker that died meanwhile is restarted by its reader; nothing to cancel.
+                    with contextlib.suppress(OSError):
                         await asyncio.shield(worker.send(b"C" + _HDR.pack(rid)))
 
     async def synthesize(self, text: str, urgent: bool = False) -> bytes:

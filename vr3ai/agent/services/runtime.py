@@ -253,8 +253,10 @@ class VoiceRuntime:
         self._warm_queue.clear()
         self._warm_keys.clear()
         if self._piper is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self._piper.close()
+            except Exception:  # the STT pool below must still be stopped
+                log.exception("stopping the Piper workers failed")
         await self.stt.close()
         self._started = False
 
