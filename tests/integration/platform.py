@@ -85,10 +85,17 @@ class RunningPlatform:
         password: str = "vr3ai-secret",
         ws_client: str = "vr3ai",
         wait: bool = True,
+        snippets: bool = False,
         **config_extra: Any,
     ) -> tuple[str, str]:
         """A workflow and a configuration answering ``extension``. The configuration's media
-        credentials are the pair the lab's websocket_client sections present, unless given."""
+        credentials are the pair the lab's websocket_client sections present, unless given.
+
+        ``snippets``: the lab then runs on what the platform generates for this configuration
+        (GET .../asterisk-snippets: its ari.conf user, [from-external] extension and websocket_client
+        section, installed verbatim and applied with the snippet's reload commands), as an operator
+        following the guide would set it up. Use a Stasis app and WebSocket client name of the test's
+        own (not the lab's vr3ai), and a platform whose public URL is where the lab reaches it."""
         config_extra = {**LAB_MEDIA_CREDENTIALS, **config_extra}
         wf = await self.post("/api/v1/workflows", {"name": "test workflow", "definition": definition})
         cfg = await self.post(
@@ -108,6 +115,9 @@ class RunningPlatform:
             f"/api/v1/telephony-configurations/{cfg['id']}/phone-numbers",
             {"address": extension, "inbound_workflow_id": wf["id"]},
         )
+        if snippets:
+            items = (await self.get(f"/api/v1/telephony-configurations/{cfg['id']}/asterisk-snippets"))["items"]
+            await asyncio.to_thread(lab.install_snippets, items, ari_password=password)
         if wait:
             await self.wait_state(cfg["id"])
         return wf["id"], cfg["id"]

@@ -41,9 +41,13 @@ async def _heard_agent(call: CallerHandle) -> None:
 
 async def test_one_organization_two_asterisk_servers(lab: AsteriskLab, lab2: SecondAsterisk, tmp_path: Path) -> None:
     recorder = AgentRecorder()
-    async with running_platform(tmp_path, port=lab.media_port, agent_factory=recorder, ring_timeout_s=4) as p:
+    async with running_platform(tmp_path, port=lab.media_port, agent_factory=recorder, ring_timeout_s=4,
+                                public_url=f"http://127.0.0.1:{lab.media_port}") as p:
         wf_a, cfg_a = await p.setup_inbound(definition=SIMPLE_WORKFLOW, lab=lab)
-        wf_b, cfg_b = await p.setup_inbound(definition=OTHER_WORKFLOW, lab=lab2)
+        # The second server is set up from the guide alone: its own app and WebSocket client, from
+        # the snippets VR3 AI generates for that configuration.
+        wf_b, cfg_b = await p.setup_inbound(definition=OTHER_WORKFLOW, lab=lab2, stasis_app="branch-office",
+                                            password="branch-secret", ws_client="branch-office", snippets=True)
         assert lab.ari_url != lab2.ari_url
 
         # Extension 8000 on the second server reaches the second configuration's workflow only...

@@ -29,13 +29,14 @@ async def test_inbound_call_on_generated_snippets(lab: AsteriskLab, tmp_path: Pa
         tmp_path, port=lab.media_port, agent_factory=recorder, ring_timeout_s=4,
         public_url=f"http://127.0.0.1:{lab.media_port}",
     ) as platform:
+        assert f"[{APP}]" not in lab.generated_conf("ari.conf")
+        # The harness's standard setup path, as an operator following the guide: configuration,
+        # phone number, then the generated snippets pasted and the snippet's reload commands run.
         wf_id, cfg_id = await platform.setup_inbound(
-            definition=SIMPLE_WORKFLOW, lab=lab, stasis_app=APP, password=APP_PASSWORD, ws_client=APP, wait=False
+            definition=SIMPLE_WORKFLOW, lab=lab, stasis_app=APP, password=APP_PASSWORD, ws_client=APP, snippets=True
         )
         snippets = (await platform.get(f"/api/v1/telephony-configurations/{cfg_id}/asterisk-snippets"))["items"]
         by_name = {s["filename"]: s["text"] for s in snippets}
-        assert f"[{APP}]" not in lab.generated_conf("ari.conf")
-        lab.install_snippets(snippets, ari_password=APP_PASSWORD)
 
         # Byte for byte what the platform generated (the ARI password is the one line the guide
         # has the operator fill in).
@@ -46,7 +47,6 @@ async def test_inbound_call_on_generated_snippets(lab: AsteriskLab, tmp_path: Pa
         assert f"Stasis({APP})" in by_name["extensions.conf"] and "exten => 8000," in by_name["extensions.conf"]
         assert f"uri = ws://127.0.0.1:{lab.media_port}/api/v1/telephony/ws/ari" in by_name["websocket_client.conf"]
 
-        await platform.wait_state(cfg_id)
         speech = audio.synth_speech("I would like to book an appointment for tomorrow")
         call = await lab.call("8000", wav=speech, hold_s=6, dtmf="12#")
         heard = await call.recording()
