@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -90,7 +90,10 @@ def create_app(
     settings: Settings | None = None,
     services: Services | None = None,
     agent_factory: AgentFactory | None = None,
+    bootstrap: Callable[[Services], Awaitable[None]] | None = None,
 ) -> FastAPI:
+    """``bootstrap`` runs at start-up right after the migrations, before any listener starts (``vr3ai
+    serve`` creates the first organization there): the one place the schema is brought up to date."""
     settings = settings or Settings.from_env()
     svc = services or Services.build(settings)
     # The process's one media engine: clock, tick reader, send batch and their tuning.
@@ -108,9 +111,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await upgrade(svc.db)
+        if bootstrap is not None:
+            await bootstrap(svc)
         await svc.db.warm()
         await close_orphan_runs(svc)
-        await media_auth.backfill(svc)  # before any listener takes a call
+        await media_auth.backfill(svc.db, svc.box)  # before any listener takes a call
         factory = agent_factory or _load_factory(settings.agent_factory)
         voice: Any = None
         if factory is None and settings.voice:

@@ -16,10 +16,10 @@ import sys
 from typing import Any
 
 from vr3ai.core import orgs
-from vr3ai.core.files import loose_mode
 from vr3ai.core.limits import LIMIT_COLUMNS, limits_of
 from vr3ai.db.migrate import upgrade
 from vr3ai.db.session import Database
+from vr3ai.files import loose_mode
 from vr3ai.logs import setup_logging
 from vr3ai.settings import Settings
 
@@ -39,14 +39,6 @@ async def _with_db(settings: Settings, fn: Any) -> Any:
         await db.dispose()
 
 
-async def ensure_default_organization(db: Database) -> tuple[str, str] | None:
-    """On the first start of an empty data folder, create an organization and return its key once."""
-    if await orgs.list_organizations(db):
-        return None
-    org, key = await orgs.create_organization(db, "Default organization")
-    return org.id, key
-
-
 ROOT_REFUSAL = (
     "refusing to run the server as root: a flaw in it, or in a library it loads, would then own the "
     "whole machine. Start it as an unprivileged user (`sudo bash scripts/run.sh` runs it as the "
@@ -59,7 +51,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: {ROOT_REFUSAL}", file=sys.stderr)
         return 2
     # Whatever libraries create on their own (SQLite's -wal, the TTS cache, temporary files) is for
-    # this user only, like the data folder and recordings (vr3ai.core.files sets those explicitly).
+    # this user only, like the data folder and recordings (vr3ai.files sets those explicitly).
     os.umask(0o077)
     loose = loose_mode(settings.data_dir)
     if loose is not None:

@@ -15,7 +15,8 @@ from typing import Any
 import uvicorn
 
 from vr3ai.app import create_app
-from vr3ai.db.migrate import upgrade
+from vr3ai.core.orgs import ensure_default_organization
+from vr3ai.services import Services
 from vr3ai.settings import Settings
 
 log = logging.getLogger("vr3ai.server")
@@ -82,23 +83,23 @@ def asterisk_url_notice(settings: Settings) -> tuple[str, str | None]:
 
 
 async def _serve(settings: Settings) -> None:
-    from vr3ai.cli import ensure_default_organization
+    async def first_run(svc: Services) -> None:
+        # Runs in the app's start-up, right after its migrations (so they run once per start).
+        created = await ensure_default_organization(svc.db)
+        if created:
+            org_id, key = created
+            print(
+                "\nVR3 AI: created the default organization for this new data folder.\n"
+                f"  organization id: {org_id}\n"
+                f"  API key (shown once, store it now): {key}\n"
+                f"  Dashboard sign-in: run  {_cli(settings)} user create {org_id} you@example.com  then open "
+                f"{settings.effective_public_url()}/login\n",
+                file=sys.stdout,
+                flush=True,
+            )
 
-    app = create_app(settings)
+    app = create_app(settings, bootstrap=first_run)
     svc = app.state.services
-    await upgrade(svc.db)
-    created = await ensure_default_organization(svc.db)
-    if created:
-        org_id, key = created
-        print(
-            "\nVR3 AI: created the default organization for this new data folder.\n"
-            f"  organization id: {org_id}\n"
-            f"  API key (shown once, store it now): {key}\n"
-            f"  Dashboard sign-in: run  {_cli(settings)} user create {org_id} you@example.com  then open "
-            f"{settings.effective_public_url()}/login\n",
-            file=sys.stdout,
-            flush=True,
-        )
     notice, warning = asterisk_url_notice(settings)
     print(notice, file=sys.stdout, flush=True)
     if warning:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vr3ai.core.files import private_dir
 from vr3ai.core.outbound import OutboundPolicy
 from vr3ai.core.quota import QuotaService
 from vr3ai.core.runs import RunService
 from vr3ai.core.secrets import SecretBox
 from vr3ai.db.session import Database
+from vr3ai.files import private_dir
 from vr3ai.settings import Settings
 
 if TYPE_CHECKING:

@@ -49,6 +49,7 @@ from vr3ai.core.endpoints import normalize_ari_endpoint
 from vr3ai.core.outbound import OutboundRefused
 from vr3ai.db.models import Organization, PhoneNumber, TelephonyConfiguration, Workflow
 from vr3ai.services import Services
+from vr3ai.telephony.ari import snippets
 
 log = logging.getLogger("vr3ai.api.telephony")
 router = APIRouter(tags=["telephony"], route_class=ApiRoute)
@@ -365,7 +366,7 @@ async def configuration_snippets(config_id: str, org: OrgDep, svc: ServicesDep, 
                 )
             ).all()
         )
-    items, media_uri = media_auth.configuration_snippets(svc, row, extensions)
+    items, media_uri = snippets.configuration_snippets(svc.settings, svc.box, row, extensions)
     response.headers["Cache-Control"] = "no-store"
     return SnippetList(
         media_uri=media_uri,

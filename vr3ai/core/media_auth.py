@@ -25,11 +25,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy import or_, select
 
 from vr3ai.db.models import TelephonyConfiguration
-from vr3ai.telephony.ari import snippets
+from vr3ai.db.session import Database
 
 if TYPE_CHECKING:
     from vr3ai.core.secrets import SecretBox
-    from vr3ai.services import Services
 
 log = logging.getLogger("vr3ai.core.media_auth")
 
@@ -54,13 +53,13 @@ def fill_missing(row: TelephonyConfiguration, box: SecretBox) -> bool:
     return changed
 
 
-async def backfill(services: Services) -> int:
+async def backfill(db: Database, box: SecretBox) -> int:
     """Generate credentials for every stored configuration that has none (saved by an older version,
     when media authentication was optional). Returns how many were changed."""
     missing = or_(TelephonyConfiguration.media_username.is_(None), TelephonyConfiguration.media_password_enc.is_(None))
-    async with services.db.session() as s, s.begin():
+    async with db.session() as s, s.begin():
         rows = (await s.scalars(select(TelephonyConfiguration).where(missing))).all()
-        changed = sum(fill_missing(row, services.box) for row in rows)
+        changed = sum(fill_missing(row, box) for row in rows)
     if changed:
         log.warning(
             "generated media WebSocket credentials for telephony configurations that had none; their Asterisk "
@@ -68,26 +67,3 @@ async def backfill(services: Services) -> int:
             extra={"configurations": changed},
         )
     return changed
-
-
-def configuration_snippets(
-    services: Services, row: TelephonyConfiguration, extensions: list[str]
-) -> tuple[list[snippets.Snippet], str]:
-    """The Asterisk snippets of one configuration, with its media password, and the media URI.
-
-    For the configuration's own organization only (callers check ownership first)."""
-    settings = services.settings
-    public_url = settings.effective_public_url()
-    tls_port = settings.media_tls_port if settings.media_tls_cert and settings.media_tls_key else 0
-    password = services.box.decrypt(row.media_password_enc) if row.media_password_enc else None
-    items = snippets.asterisk_snippets(
-        ari_endpoint_url=row.ari_endpoint_url,
-        stasis_app_name=row.stasis_app_name,
-        websocket_client_name=row.websocket_client_name,
-        public_url=public_url,
-        media_tls_port=tls_port,
-        extensions=extensions,
-        media_username=row.media_username,
-        media_password=password,
-    )
-    return items, snippets.media_ws_uri(public_url, tls_port=tls_port)

@@ -7,6 +7,7 @@ from concurrent.futures import Executor
 
 from sqlalchemy import func, null, select, update
 
+from vr3ai.core.limits import LIMIT_COLUMNS
 from vr3ai.core.secrets import hash_api_key, hash_password, new_api_key, password_needs_rehash
 from vr3ai.db.models import ApiKey, Organization, User, utcnow
 from vr3ai.db.session import Database
@@ -36,11 +37,18 @@ async def create_organization(
     return org, key
 
 
+async def ensure_default_organization(db: Database) -> tuple[str, str] | None:
+    """On the first start of an empty data folder, create an organization and return its id and
+    API key (the key this once only); ``None`` when any organization exists."""
+    if await list_organizations(db):
+        return None
+    org, key = await create_organization(db, "Default organization")
+    return org.id, key
+
+
 async def set_limits(db: Database, organization_id: str, **limits: int) -> Organization:
     """Change per-tenant limits (``vr3ai.core.limits.LIMIT_COLUMNS``); existing rows over a lowered
     limit stay, only new ones are refused."""
-    from vr3ai.core.limits import LIMIT_COLUMNS
-
     unknown = set(limits) - set(LIMIT_COLUMNS)
     if unknown:
         raise ValueError(f"unknown limit(s): {', '.join(sorted(unknown))}")

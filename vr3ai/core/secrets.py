@@ -43,7 +43,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from vr3ai.core.files import private_dir
+from vr3ai.files import private_dir
 
 API_KEY_PREFIX = "vr3_"
 SECRET_KEY_FILE = "secret.key"

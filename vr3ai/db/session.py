@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from vr3ai.core.files import private_dir, private_file
+from vr3ai.files import private_dir, private_file
 
 
 class Database:

@@ -35,7 +35,7 @@ from vr3ai.media.protocol import (
 from vr3ai.media.recording import CallRecorder
 
 if TYPE_CHECKING:
-    from vr3ai.media.session import MediaStats
+    from vr3ai.media.config import MediaStats
 
 log = logging.getLogger("vr3ai.media.session")
 

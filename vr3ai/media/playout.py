@@ -33,7 +33,7 @@ from vr3ai.media.recording import CallRecorder
 from vr3ai.media.stream import AgentStream, Segment
 
 if TYPE_CHECKING:
-    from vr3ai.media.session import MediaConfig, MediaStats
+    from vr3ai.media.config import MediaConfig, MediaStats
     from vr3ai.media.transport import MediaTransport
 
 log = logging.getLogger("vr3ai.media.session")

@@ -29,7 +29,7 @@ from typing import IO
 
 import numpy as np
 
-from vr3ai.core.files import open_private, private_dir
+from vr3ai.files import open_private, private_dir
 from vr3ai.media.codec import WireFormat
 
 _CHUNK_SAMPLES = 8000 * 10

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from vr3ai.media.codec import WireFormat
 
 if TYPE_CHECKING:
-    from vr3ai.media.session import MediaStats
+    from vr3ai.media.config import MediaStats
 
 _MAX_SEGMENTS = 256
 _COMPACT_AT = 65536

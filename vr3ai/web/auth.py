@@ -60,7 +60,7 @@ from sqlalchemy import delete, func, select
 from vr3ai.core.orgs import upgrade_password_hash
 from vr3ai.core.secrets import dummy_password_hash, verify_password
 from vr3ai.db.models import Organization, RevokedSession, User, utcnow
-from vr3ai.web.render import CsrfFailed, LoginRequired
+from vr3ai.web.errors import CsrfFailed, LoginRequired
 
 if TYPE_CHECKING:
     from vr3ai.core.quota import QuotaStatus

@@ -14,7 +14,7 @@ from vr3ai.db.models import Workflow
 from vr3ai.logs import redact
 from vr3ai.services import Services
 from vr3ai.web.auth import set_flash
-from vr3ai.web.render import PageNotFound
+from vr3ai.web.errors import PageNotFound
 
 M = TypeVar("M")
 TEXT_MAX = 500

@@ -29,7 +29,8 @@ from vr3ai.web.auth import (
     web_state,
     write_session,
 )
-from vr3ai.web.render import STATIC_DIR, CsrfFailed, PageNotFound, WebRoute, render
+from vr3ai.web.errors import CsrfFailed, PageNotFound
+from vr3ai.web.render import STATIC_DIR, WebRoute, render
 
 log = logging.getLogger("vr3ai.web")
 router = APIRouter(route_class=WebRoute, include_in_schema=False)

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import Request, Response
@@ -23,9 +23,8 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from vr3ai.logs import redact
-
-if TYPE_CHECKING:
-    from vr3ai.web.auth import Viewer
+from vr3ai.web.auth import FLASH_COOKIE, Viewer, pop_flash, viewer_for
+from vr3ai.web.errors import CsrfFailed, LoginRequired, PageNotFound
 
 HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
@@ -43,20 +42,6 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
 }
-
-
-class LoginRequired(Exception):
-    pass
-
-
-class PageNotFound(Exception):
-    def __init__(self, what: str = "page") -> None:
-        super().__init__(what)
-        self.what = what
-
-
-class CsrfFailed(Exception):
-    pass
 
 
 def _asset_version() -> str:
@@ -154,16 +139,12 @@ def render(
     viewer: Viewer | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
-    from vr3ai.web.auth import pop_flash
-
     ctx: dict[str, Any] = {"viewer": viewer, "csrf_token": viewer.session.csrf if viewer else ""}
     ctx["flash"] = pop_flash(request)
     ctx["path"] = request.url.path
     ctx.update(context or {})
     response = templates.TemplateResponse(request, name, ctx, status_code=status_code)
     if ctx["flash"]:
-        from vr3ai.web.auth import FLASH_COOKIE
-
         response.delete_cookie(FLASH_COOKIE, path="/")
     return response
 
@@ -176,8 +157,6 @@ def login_redirect(request: Request) -> RedirectResponse:
 
 
 async def _viewer_or_none(request: Request) -> Viewer | None:
-    from vr3ai.web.auth import viewer_for
-
     return await viewer_for(request)
 
 

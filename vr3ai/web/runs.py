@@ -15,7 +15,8 @@ from vr3ai.services import Services
 from vr3ai.web.actions import FormErrors, call
 from vr3ai.web.auth import Viewer, get_services, require_viewer
 from vr3ai.web.common import org_workflows, owned
-from vr3ai.web.render import PageNotFound, WebRoute, render
+from vr3ai.web.errors import PageNotFound
+from vr3ai.web.render import WebRoute, render
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
 ViewerDep = Annotated[Viewer, Depends(require_viewer)]

@@ -10,7 +10,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import func, select
 
-from vr3ai.core import media_auth
 from vr3ai.db.models import PhoneNumber, TelephonyConfiguration, Workflow
 from vr3ai.services import Services
 from vr3ai.telephony.ari import snippets
@@ -19,8 +18,9 @@ from vr3ai.web import actions
 from vr3ai.web.actions import FormErrors
 from vr3ai.web.auth import Viewer, get_services, require_viewer, require_viewer_post
 from vr3ai.web.common import live_status, org_workflows, owned, see_other
+from vr3ai.web.errors import PageNotFound
 from vr3ai.web.forms import ConfigForm, config_payload
-from vr3ai.web.render import PageNotFound, WebRoute, render
+from vr3ai.web.render import WebRoute, render
 
 log = logging.getLogger("vr3ai.web.telephony")
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
@@ -120,7 +120,9 @@ async def _detail_context(svc: Services, viewer: Viewer, row: TelephonyConfigura
         workflows = await org_workflows(s, viewer.org.id)
     # The only page that shows the media password: inside the websocket_client.conf snippet, to the
     # configuration's own organization (``owned`` checked that), never cached (render sends no-store).
-    config_snippets, media_uri = media_auth.configuration_snippets(svc, row, [n.address for n in numbers])
+    config_snippets, media_uri = snippets.configuration_snippets(
+        svc.settings, svc.box, row, [n.address for n in numbers]
+    )
     public_url = svc.settings.effective_public_url()
     return {
         "row": row,

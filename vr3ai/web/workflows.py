@@ -20,8 +20,9 @@ from vr3ai.web import actions
 from vr3ai.web.actions import FormErrors
 from vr3ai.web.auth import Viewer, get_services, require_viewer, require_viewer_post
 from vr3ai.web.common import owned, see_other
+from vr3ai.web.errors import PageNotFound
 from vr3ai.web.forms import NODE_TYPES, attach_errors, merge_structured, parse_json_definition, rows_from_definition
-from vr3ai.web.render import PageNotFound, WebRoute, render
+from vr3ai.web.render import WebRoute, render
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
 ViewerDep = Annotated[Viewer, Depends(require_viewer)]

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from vr3ai.core.files import private_dir
+from vr3ai.files import private_dir
 
 CacheKey = tuple[str, str, int, str]
 

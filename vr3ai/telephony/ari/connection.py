@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vr3ai.core.files import private_dir
 from vr3ai.core.runs import RunOutcome
 from vr3ai.db.models import TelephonyConfiguration, Workflow
+from vr3ai.files import private_dir
 from vr3ai.logs import RedactingLogger, Redactor
 from vr3ai.telephony.ari.calls import OUTBOUND_MARK, AgentFactory, Call
 from vr3ai.telephony.ari.client import AriClient, AriError, safe_ws_uri

@@ -22,7 +22,13 @@ passes it. Callers pass it only when showing the snippets to the configuration's
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from vr3ai.core.secrets import SecretBox
+    from vr3ai.db.models import TelephonyConfiguration
+    from vr3ai.settings import Settings
 
 MEDIA_PATH = "/api/v1/telephony/ws/ari"
 """Where the platform accepts Asterisk's media WebSocket connections."""
@@ -250,3 +256,25 @@ def asterisk_snippets(
         websocket_client_conf(websocket_client_name, uri, media_username=media_username, media_password=media_password),
         reload_commands(),
     ]
+
+
+def configuration_snippets(
+    settings: Settings, box: SecretBox, row: TelephonyConfiguration, extensions: list[str]
+) -> tuple[list[Snippet], str]:
+    """The Asterisk snippets of one configuration, with its media password, and the media URI.
+
+    For the configuration's own organization only (callers check ownership first)."""
+    public_url = settings.effective_public_url()
+    tls_port = settings.media_tls_port if settings.media_tls_cert and settings.media_tls_key else 0
+    password = box.decrypt(row.media_password_enc) if row.media_password_enc else None
+    items = asterisk_snippets(
+        ari_endpoint_url=row.ari_endpoint_url,
+        stasis_app_name=row.stasis_app_name,
+        websocket_client_name=row.websocket_client_name,
+        public_url=public_url,
+        media_tls_port=tls_port,
+        extensions=extensions,
+        media_username=row.media_username,
+        media_password=password,
+    )
+    return items, media_ws_uri(public_url, tls_port=tls_port)
