@@ -10,6 +10,7 @@ cd "$HERE"
 # fails the run with the reason instead of skipping (tests/ci_skips.py); CI=false allows skips again.
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 CI=${CI:-true}
 "$VENV/bin/ruff" check vr3ai tests bench
+"$VENV/bin/lint-imports"  # the layers and no-cycles contracts of .importlinter
 set +e
 "$VENV/bin/python" -m pytest -q -ra "$@"
 rc=$?
