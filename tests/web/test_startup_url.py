@@ -77,7 +77,10 @@ def test_real_serve_listens_on_all_interfaces_and_prints_the_url(tmp_path: Path)
     )
     try:
         out, err, deadline = "", "", time.monotonic() + 60
-        while time.monotonic() < deadline and not (_listening(port) and "uri = " in out and "WARNING" in err):
+        ready_text = ("uri = ", "organization id: ")
+        while time.monotonic() < deadline and not (
+            _listening(port) and all(t in out for t in ready_text) and "WARNING" in err
+        ):
             ready, _, _ = select.select([proc.stdout, proc.stderr], [], [], 0.5)
             for stream in ready:
                 # os.read, not readline: a buffered reader may hold lines select() no longer sees.
@@ -91,6 +94,8 @@ def test_real_serve_listens_on_all_interfaces_and_prints_the_url(tmp_path: Path)
         assert f"Asterisk must reach it at http://127.0.0.1:{port}" in out, out
         assert f"uri = ws://127.0.0.1:{port}/api/v1/telephony/ws/ari" in out, out
         assert "WARNING: the URL Asterisk must use" in err and "loopback" in err, err
+        # A new data folder: the app's start-up migrated it, then created the first organization, once.
+        assert out.count("created the default organization") == 1, out
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
