@@ -16,7 +16,7 @@ Sections
   load       N concurrent full conversations (default 8), p50/p95 voice-to-voice
   resources  RSS of the platform process and the Piper worker; CPU seconds used
 
-Usage: python bench/agent_latency.py [--turns 20] [--calls 8] [--quick]
+Usage: python -m bench.agent_latency [--turns 20] [--calls 8] [--quick]
 """
 
 from __future__ import annotations
@@ -27,13 +27,9 @@ import os
 import random
 import resource
 import statistics
-import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.fakes.call_audio import FakeCallAudio
 from tests.unit.agent.agent_helpers import ScriptedSTT, caller_speech

@@ -10,7 +10,7 @@ Same audio, same models, stage by stage, offline (no real-time playback needed):
         vs our ``WhisperSTT`` (short encoder window, beam 5): latency and word accuracy
   load  what a per-call pipecat pipeline pays in its service constructors: Whisper model load
 
-Usage: python bench/agent_pipecat_compare.py
+Usage: python -m bench.agent_pipecat_compare
 """
 
 from __future__ import annotations
@@ -19,12 +19,9 @@ import asyncio
 import os
 import re
 import statistics
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 

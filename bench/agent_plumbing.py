@@ -9,7 +9,7 @@ consumer (no agent) is subtracted, so the fake's own 20 ms timers are not counte
 
 Also prints the event-loop lag (how late a 10 ms sleep wakes up): the media path shares the loop.
 
-Usage: python bench/agent_plumbing.py [--calls 100] [--seconds 10]
+Usage: python -m bench.agent_plumbing [--calls 100] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -18,13 +18,9 @@ import argparse
 import asyncio
 import os
 import resource
-import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.fakes.call_audio import FakeCallAudio
 from tests.unit.agent.agent_helpers import ScriptedSTT, ToneTTS, caller_speech

@@ -12,7 +12,7 @@ CPU seconds it burns (which decide how many calls fit on the cores):
 and an estimate of unloaded voice-to-voice from these parts plus the VAD's turn-end delay, which
 is measured on audio (sample time), not wall time.
 
-Usage: python bench/agent_stage_cost.py [--reps 5]
+Usage: python -m bench.agent_stage_cost [--reps 5]
 """
 
 from __future__ import annotations
@@ -22,12 +22,9 @@ import asyncio
 import os
 import resource
 import statistics
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 

@@ -2,10 +2,10 @@
 
 Usage (root; takes the Asterisk harness lock, waits if another session holds it):
 
-    ~/.cache/vr3ai/venv/bin/python bench/capacity.py                 # ~4 min: 1, 25, 50, 75, 100 calls
-    ~/.cache/vr3ai/venv/bin/python bench/capacity.py --quick         # <1 min: 1, 20 calls
-    ~/.cache/vr3ai/venv/bin/python bench/capacity.py --steps 1,100,150 --step-seconds 30
-    ~/.cache/vr3ai/venv/bin/python bench/capacity.py --agent voice   # the real offline voice agent
+    ~/.cache/vr3ai/venv/bin/python -m bench.capacity                 # ~4 min: 1, 25, 50, 75, 100 calls
+    ~/.cache/vr3ai/venv/bin/python -m bench.capacity --quick         # <1 min: 1, 20 calls
+    ~/.cache/vr3ai/venv/bin/python -m bench.capacity --steps 1,100,150 --step-seconds 30
+    ~/.cache/vr3ai/venv/bin/python -m bench.capacity --agent voice   # the real offline voice agent
 
 Set-up: Asterisk (tests/harness) + the platform in its own process (bench/platform_proc.py, agent
 chosen by --agent) + this process as the load generator (bench/common.py: one asyncio loop, one
@@ -39,7 +39,6 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -48,9 +47,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (
+from bench.common import (
     Caller,
     CallerFleet,
     ConnSampler,
@@ -66,7 +63,6 @@ from common import (
     pct,
     rss_mb,
 )
-
 from tests.harness import AsteriskLab
 
 # No pause inside them longer than 120 ms: the minimal agent ends a turn after 200 ms of silence, and

@@ -38,11 +38,9 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from tests.harness import AsteriskLab, audio
 
-from tests.harness import AsteriskLab, audio  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 FRAME_S = 0.020
 FRAME_BYTES = 160
@@ -719,7 +717,8 @@ class PlatformProcess:
         log = self.log_path.open("wb")
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            str(Path(__file__).with_name("platform_proc.py")),
+            "-m",
+            "bench.platform_proc",
             "--port",
             str(self.lab.media_port),
             "--ari-url",

@@ -1,11 +1,11 @@
 """Python work of the media path per call-second, without sockets: the part of "plumbing" we write.
 
-Usage: ~/.cache/vr3ai/venv/bin/python bench/media_hotpath.py [--calls 100] [--seconds 20] [--repeat 5]
+Usage: ~/.cache/vr3ai/venv/bin/python -m bench.media_hotpath [--calls 100] [--seconds 20] [--repeat 5]
 
 Why this exists: ``bench/capacity.py`` measures the whole platform process through the real
 Asterisk (the figure the issue's target is about), but on 2 cores shared with Asterisk and the
-load generator its CPU figure moves by +-0.3 ms per call-second between runs, more than most single
-changes to the hot path are worth. Here the exact code of a call's media path runs on simulated
+load generator its CPU figure moves between runs by more than most single changes to the hot path
+are worth (bench/README.md). Here the exact code of a call's media path runs on simulated
 time with no I/O, so the figure repeats within a few percent:
 
 * each call is set up as in production, through public APIs: ``MediaWebSocketProtocol`` gets a
@@ -39,7 +39,6 @@ import os
 import shutil
 import socket
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -47,8 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vr3ai.media.clock import MediaClock
 from vr3ai.media.direct import media_ws_protocol

@@ -1,6 +1,6 @@
 """Media pacing cost and timing: CPU per call-second and send-gap percentiles.
 
-Usage: python bench/media_pacing.py [--seconds 5] [--sizes 1,50,150] [--no-real]
+Usage: python -m bench.media_pacing [--seconds 5] [--sizes 1,50,150] [--no-real]
 
 Scenarios, each at 1 / 50 / 150 concurrent sessions:
 
@@ -36,12 +36,9 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vr3ai.media.clock import MediaClock
 from vr3ai.media.protocol import MediaStart

@@ -36,13 +36,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from bench.agents import MinimalAgentFactory, voice_workflow
+from tests.integration.platform import running_platform
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from agents import MinimalAgentFactory, voice_workflow  # noqa: E402
-
-from tests.integration.platform import running_platform  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -2,9 +2,9 @@
 
 Usage (root; takes the Asterisk harness lock):
 
-    ~/.cache/vr3ai/venv/bin/python bench/setup_burst.py            # 5 single calls, then 50 in 1 s, x2
-    ~/.cache/vr3ai/venv/bin/python bench/setup_burst.py --quick    # 3 single calls, one burst of 20
-    ~/.cache/vr3ai/venv/bin/python bench/setup_burst.py --calls 100 --spread-s 1 --rounds 1
+    ~/.cache/vr3ai/venv/bin/python -m bench.setup_burst            # 5 single calls, then 50 in 1 s, x2
+    ~/.cache/vr3ai/venv/bin/python -m bench.setup_burst --quick    # 3 single calls, one burst of 20
+    ~/.cache/vr3ai/venv/bin/python -m bench.setup_burst --calls 100 --spread-s 1 --rounds 1
 
 Each caller is a chan_websocket leg (bench/common.py) originated into from-external/8000; the
 platform runs in its own process with the minimal agent (greeting at once). The baseline is the
@@ -29,16 +29,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import Caller, CallerFleet, ConnSampler, PlatformProcess, fmt, leftovers, loadavg, pct
-
+from bench.common import Caller, CallerFleet, ConnSampler, PlatformProcess, fmt, leftovers, loadavg, pct
 from tests.harness import AsteriskLab
 
 

@@ -2,8 +2,8 @@
 
 Usage (root; takes the Asterisk harness lock):
 
-    ~/.cache/vr3ai/venv/bin/python bench/voice_latency.py            # ~3 min: 12 calls per figure
-    ~/.cache/vr3ai/venv/bin/python bench/voice_latency.py --quick    # ~1 min: 4 calls per figure
+    ~/.cache/vr3ai/venv/bin/python -m bench.voice_latency            # ~3 min: 12 calls per figure
+    ~/.cache/vr3ai/venv/bin/python -m bench.voice_latency --quick    # ~1 min: 4 calls per figure
 
 Two figures of the voice issue that bench/capacity.py does not isolate, each printed next to the
 same measurement for the model-free agent (bench/agents.py, MinimalAgent) on the same path in the
@@ -38,7 +38,6 @@ import argparse
 import asyncio
 import random
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,9 +45,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (
+from bench.common import (
     FRAME_S,
     Caller,
     CallerFleet,
@@ -59,7 +56,6 @@ from common import (
     loadavg,
     pct,
 )
-
 from tests.harness import AsteriskLab
 
 # Long enough to barge into at any point of the 1.2-2.4 s window, with Piper's natural pauses.
