@@ -1,9 +1,9 @@
 """Engine and session factory for SQLite (embedded) and PostgreSQL (production).
 
 SQLite takes one writer at a time, and a writer that finds the database locked is put to sleep by
-SQLite's busy handler in steps of up to 100 ms, whatever the lock's holder needs. Under a burst of
-50 calls in one second that made each run insert wait 0.6-1.3 s (p95) for transactions of a few
-milliseconds (bench/setup_burst.py). So on SQLite every ``session.begin()`` transaction of this
+SQLite's busy handler in steps of up to 100 ms, whatever the lock's holder needs: under a burst of
+calls, run inserts waited far longer than their transactions took (``python -m bench.setup_burst``;
+figures in bench/README.md, "Reading setup_burst.py"). So on SQLite every ``session.begin()`` transaction of this
 process first takes an asyncio lock, first come first served: writers queue in our event loop and
 each one starts the moment the previous one commits. The gate is re-entrant per task (a
 transaction that opens another session in the same task does not deadlock); reads outside

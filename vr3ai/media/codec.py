@@ -1,9 +1,10 @@
 """G.711 u-law <-> PCM16 with numpy lookup tables, and ``audioop`` for the per-frame decode.
 
-Tables make both directions one vectorised indexing operation, available on every Python. The hot
-path, decoding each 20 ms caller frame, is 4 us with numpy (array set-up dominates 160 samples)
-and 0.25 us with ``audioop`` (C, bit-identical output: checked over all 256 codes in the unit
-tests), so ``audioop`` is used where it exists: the stdlib up to 3.12, the ``audioop-lts`` backport
+Tables make both directions one vectorised indexing operation, available on every Python. On the
+hot path, decoding each 20 ms caller frame, numpy's array set-up dominates 160 samples, and
+``audioop`` (C, bit-identical output: checked over all 256 codes in the unit tests) is an order of
+magnitude faster (bench/README.md, "Why the media path is built this way"), so it is used where it
+exists: the stdlib up to 3.12, the ``audioop-lts`` backport
 after. Encoding stays on the tables (it runs once per utterance, and audioop rounds a few of the
 65,536 inputs differently).
 """

@@ -2,10 +2,10 @@
 
 Why: chan_websocket sends each call's caller audio as one 20 ms frame on that call's own timer, so
 at 100 calls the event loop wakes about 5,000 times a second, each time for one 166-byte frame:
-a context switch, an ``epoll_wait``, a loop iteration and cold caches, per frame. Measured through
-the real Asterisk at 100 calls (``bench/capacity.py``), those wake-ups were most of our process's
-CPU: halving them (an experiment with ``SO_RCVLOWAT``) took it from 4.1 to 2.8 ms per
-call-second, and Asterisk's own from 9.7 to 7.5 (fewer of its writes wake a sleeping reader).
+a context switch, an ``epoll_wait``, a loop iteration and cold caches, per frame. Through the
+real Asterisk at 100 calls those wake-ups were most of our process's CPU, and Asterisk's own CPU
+falls too when fewer of its writes wake a sleeping reader (figures: bench/README.md, "Why the
+media path is built this way").
 
 How: once a process carries ``threshold`` or more media sockets, the shared
 :class:`~vr3ai.media.clock.MediaClock` reads them itself at the end of each tick, after every

@@ -3,14 +3,12 @@
 Why: at 100 calls the clock writes 100 frames per 20 ms tick, one ``write`` each. Each write to a
 loopback (or any) TCP socket wakes the Asterisk thread that reads it, and the kernel, told by the
 socket that the writer will sleep soon (a "sync" wake-up), puts that thread on our CPU; it runs as
-soon as our write returns to user space. Measured through the real Asterisk at 100 calls
-(``perf stat``): ~3,600 involuntary context switches a second, i.e. most writes cost us a switch
-out, a switch back and cold caches. Submitting the tick's writes as one batch of io_uring ``SEND``
-operations does the same TCP work in one ``io_uring_enter``: the woken threads wait until it
-returns, once per tick. Measured inside one platform process at 100 calls, switched on and off
-every 8 s (``bench/capacity.py --ab ring``): CPU per call-second 3.24 vs 3.56 ms, preemptions
-1,457 vs 3,221 a second, the clock's ticks 9.6 vs 26.4 ms late at p99, holes in the agent's
-audio at the callers 2.4 vs 23.2 per window.
+soon as our write returns to user space: most writes cost us a switch out, a switch back and
+cold caches. Submitting the tick's writes as one batch of io_uring ``SEND`` operations does the
+same TCP work in one ``io_uring_enter``: the woken threads wait until it returns, once per tick.
+Less CPU per call-second, fewer preemptions, less late ticks and fewer holes in the agent's audio
+(``python -m bench.capacity --ab ring``; the figures are in bench/README.md, "Why the media path
+is built this way").
 
 How: a ring of our own, set up with two ``mmap``s and two system calls through ``ctypes`` (no
 library: liburing bindings are not on every system, and we need four operations). Sends carry

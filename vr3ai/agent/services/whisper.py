@@ -2,23 +2,20 @@
 
 Choices, and why:
 
-* **Loaded once per process** (``WhisperSTT.start``), never per call: the reference measured the
-  per-call load of pipecat's Whisper service as most of its 0.8 s call setup.
+* **Loaded once per process** (``WhisperSTT.start``), never per call: in the reference, the
+  per-call load of pipecat's Whisper service was most of its call setup.
   ``local_files_only=True`` and ``HF_HUB_OFFLINE=1`` guarantee no hub access.
-* **Short encoder window.** faster-whisper always pads the features to Whisper's 30 s window; on
-  these 2 cores the int8 tiny.en encoder then takes 0.55-0.7 s whatever the utterance length,
-  which alone would break the 600 ms voice-to-voice target. We call the CTranslate2 model
-  directly with the features padded only to ``max(10 s, utterance + 2 s)``: the encoder drops to
-  ~0.07-0.11 s and a whole phone utterance transcribes in ~0.2 s. Measured on 60 synthetic
-  utterances (flite slt/kal/rms through 8 kHz), word accuracy was the same as with the full
-  window (86.7/84.7/86.0 % vs 86.7/81.3/86.7 %). Windows shorter than ~10 s made the decoder
-  loop on short utterances, so 10 s is the floor. A decode that looks like a loop (gzip
+* **Short encoder window.** faster-whisper always pads the features to Whisper's 30 s window, and
+  the encoder's time then does not depend on the utterance length: on 2 cores that alone would
+  break the 600 ms voice-to-voice target. We call the CTranslate2 model directly with the
+  features padded only to ``max(10 s, utterance + 2 s)``: several times faster at the same word
+  accuracy (figures: bench/README.md, "Why the offline voice stack is built this way"). Windows
+  shorter than ~10 s made the decoder loop on short utterances, so 10 s is the floor. A decode that looks like a loop (gzip
   compression ratio > 2.4 or hitting the token budget) is retried once with the full 30 s window,
   and utterances longer than ~28 s go through faster-whisper's normal long-form path.
 * **Beam search (5)**, no timestamps, no conditioning on previous text. On the short window beam 5
-  costs +13 % decode time (~30 ms: CTranslate2 batches the beams) and gained 1.3-6 points of word
-  accuracy over greedy on 60 synthetic 8 kHz utterances (slt 92.7 vs 86.7 %, kal 86.7 vs 84.7 %,
-  rms 87.3 vs 86.0 %). A decoder that repeats itself ("X? X?") is cut back to one copy.
+  costs little decode time (CTranslate2 batches the beams) and is more accurate than greedy on
+  8 kHz speech (bench/README.md, same section). A decoder that repeats itself ("X? X?") is cut back to one copy.
 * **Threads**: the model runs in a small thread pool (``workers``, CTranslate2 ``inter_threads``)
   so the event loop never blocks. ``cpu_threads`` is per transcription: 2 gives the lowest
   single-call latency on 2 cores. The runtime uses 2 workers so one call's transcription (or a
