@@ -10,12 +10,14 @@ Choices, and why:
   break the 600 ms voice-to-voice target. We call the CTranslate2 model directly with the
   features padded only to ``max(10 s, utterance + 2 s)``: several times faster at the same word
   accuracy (figures: bench/README.md, "Why the offline voice stack is built this way"). Windows
-  shorter than ~10 s made the decoder loop on short utterances, so 10 s is the floor. A decode that looks like a loop (gzip
-  compression ratio > 2.4 or hitting the token budget) is retried once with the full 30 s window,
-  and utterances longer than ~28 s go through faster-whisper's normal long-form path.
+  shorter than ~10 s made the decoder loop on short utterances, so 10 s is the floor. A decode
+  that looks like a loop (gzip compression ratio > 2.4 or hitting the token budget) is retried
+  once with the full 30 s window, and utterances longer than ~28 s go through faster-whisper's
+  normal long-form path.
 * **Beam search (5)**, no timestamps, no conditioning on previous text. On the short window beam 5
   costs little decode time (CTranslate2 batches the beams) and is more accurate than greedy on
-  8 kHz speech (bench/README.md, same section). A decoder that repeats itself ("X? X?") is cut back to one copy.
+  8 kHz speech (bench/README.md, same section). A decoder that repeats itself ("X? X?") is cut
+  back to one copy.
 * **Threads**: the model runs in a small thread pool (``workers``, CTranslate2 ``inter_threads``)
   so the event loop never blocks. ``cpu_threads`` is per transcription: 2 gives the lowest
   single-call latency on 2 cores. The runtime uses 2 workers so one call's transcription (or a
