@@ -2,8 +2,8 @@
 
 Usage (root; takes the Asterisk harness lock):
 
-    ~/.cache/vr3ai/venv/bin/python bench/sip_path_latency.py            # ~1.5 min: 4 calls x 8 bursts per path
-    ~/.cache/vr3ai/venv/bin/python bench/sip_path_latency.py --calls 2  # quicker
+    ~/.cache/vr3ai/venv/bin/python -m bench.sip_path_latency            # ~1.5 min: 4 calls x 8 bursts per path
+    ~/.cache/vr3ai/venv/bin/python -m bench.sip_path_latency --calls 2  # quicker
 
 What it measures: the part of voice-to-voice latency that the *caller's path* adds. The agent (in
 the platform, on the real media socket) plays a 200 ms 1 kHz burst; the caller runs Echo(), so the
@@ -29,15 +29,12 @@ import asyncio
 import contextlib
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.harness import AsteriskLab, SecondAsterisk
 from tests.integration.agents import tone_pcm
