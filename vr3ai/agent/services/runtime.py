@@ -1,7 +1,7 @@
 """``VoiceRuntime``: the process-wide voice models and workers, loaded once, shared by all calls.
 
-Per-call model loading was most of the 0.8 s call setup of the reference's default pipecat
-agent. Here everything heavy lives in one object per process:
+Per-call model loading was most of the call setup of the reference's default pipecat agent.
+Here everything heavy lives in one object per process:
 
 * the Silero VAD session (``SileroModel``; per-call state lives in each call's ``SileroVad``),
 * the Whisper tiny.en model and its thread pool (``WhisperSTT``),
@@ -21,9 +21,9 @@ they are per call (they carry an organization's key) and cost nothing to build.
 
 Two STT workers (CTranslate2 ``inter_threads``, 2 threads each) and two Piper processes by
 default: with one of each, a long transcription or sentence of one call blocks every other call
-behind it (head-of-line blocking); with two, 8 concurrent calls under load had half the p50
-voice-to-voice (2.1 s vs 4.7 s on heavily shared cores) for +27 MB (STT) and +~180 MB (a Piper
-process) of RSS. A single call still gets both threads of an idle STT worker.
+behind it (head-of-line blocking); with two, concurrent calls under load had about half the p50
+voice-to-voice for a little more memory (figures: bench/README.md, "Why the offline voice stack is
+built this way"). A single call still gets both threads of an idle STT worker.
 
 Environment knobs (all optional): ``VR3AI_STT_THREADS`` (2), ``VR3AI_STT_WORKERS`` (2),
 ``VR3AI_TTS_WORKERS`` (2), ``VR3AI_TTS_THREADS`` (1), ``VR3AI_TTS_ENGINE`` (``piper`` if

@@ -11,8 +11,9 @@ Choices, and why:
   ~0.1 ms, so threads would only add wake-up overhead, and 100 calls must share 2 cores. The
   recurrent state (2x1x128) and the context live per call in :class:`SileroVad`; the session is
   stateless and shared.
-* **No volume gate**: pipecat's analyzer multiplies in a smoothed volume gate (>= 0.6), which the
-  reference measured as 0.18-0.26 s of extra barge-in delay. Silero's probability alone decides.
+* **No volume gate**: pipecat's analyzer multiplies in a smoothed volume gate (>= 0.6), which
+  delays barge-in (bench/README.md, "Why the offline voice stack is built this way"). Silero's
+  probability alone decides.
   A cheap energy floor (``floor_dbfs``) skips the model on near-digital silence, which is most
   of the audio of a call where Asterisk sends silence frames, so per-call CPU stays tiny.
 * **State machine** with hysteresis (``threshold`` to enter, ``neg_threshold`` to leave):
