@@ -35,8 +35,8 @@ from tests.fakes.call_audio import FakeCallAudio
 from tests.unit.agent.agent_helpers import ScriptedSTT, caller_speech
 from vr3ai.agent.base import CallContext, RunReport
 from vr3ai.agent.pipeline import PipelineConfig, VoicePipeline
-from vr3ai.agent.responders.base import CallerTurn, Hangup, ReplyPart, ResponderState, Say
 from vr3ai.agent.services.runtime import RuntimeConfig, VoiceRuntime
+from vr3ai.workflows.responder import CallerTurn, Hangup, ReplyPart, ResponderState, Say
 
 UTTERANCES = [
     "I would like to book an appointment for tomorrow.",

@@ -26,9 +26,9 @@ from tests.fakes.call_audio import FakeCallAudio
 from tests.unit.agent.agent_helpers import ScriptedSTT, ToneTTS, caller_speech
 from vr3ai.agent.base import CallContext, RunReport
 from vr3ai.agent.pipeline import PipelineConfig, VoicePipeline
-from vr3ai.agent.responders.base import CallerTurn, ReplyPart, ResponderState, Say
 from vr3ai.agent.services.cache import TtsCache
 from vr3ai.agent.services.vad import SileroModel
+from vr3ai.workflows.responder import CallerTurn, ReplyPart, ResponderState, Say
 
 CTX = CallContext("bench", "org", "wf", {}, {})
 

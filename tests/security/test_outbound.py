@@ -26,7 +26,6 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from tests.security.servers import ok_json, recording_server
 from tests.web.platform import DashboardUser, Platform, start_platform
-from vr3ai.agent.responders.base import CallerTurn
 from vr3ai.core.outbound import POLICY, OutboundPolicy, OutboundRefused
 from vr3ai.services import Services
 from vr3ai.settings import Settings
@@ -34,6 +33,7 @@ from vr3ai.telephony.ari.client import NO_ANSWER, AriClient, AriError
 from vr3ai.telephony.ari.diagnostics import run_diagnostics
 from vr3ai.telephony.ari.events import AriEventStream, ConnectionState
 from vr3ai.workflows.factory import build_responder
+from vr3ai.workflows.responder import CallerTurn
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 

@@ -44,7 +44,6 @@ from typing import Any, Literal
 
 from vr3ai.agent.base import CallContext, RunReport
 from vr3ai.agent.config import DEFAULT_MAX_DURATION_MESSAGE, PipelineConfig
-from vr3ai.agent.responders.base import CallerTurn, ReplyPart, Responder
 from vr3ai.agent.responding import ResponderLink
 from vr3ai.agent.services.base import SpeechToText, TextToSpeech, Transcript
 from vr3ai.agent.services.cache import TtsCache
@@ -53,6 +52,7 @@ from vr3ai.agent.speaker import ReplySpeaker, Warm
 from vr3ai.agent.timers import CallTimers
 from vr3ai.agent.turns import TurnDetector, TurnStats, TurnTiming
 from vr3ai.media.interface import CallAudio, CallEnded, Dtmf, MarkHeard, deliver_frames
+from vr3ai.workflows.responder import CallerTurn, ReplyPart, Responder
 
 __all__ = ["DEFAULT_MAX_DURATION_MESSAGE", "Conversation", "PipelineConfig", "VoicePipeline"]
 

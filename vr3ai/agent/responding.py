@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Protocol, runtime_checkable
 
 from vr3ai.agent.base import RunReport
-from vr3ai.agent.responders.base import CallerTurn, Hangup, ReplyPart, Responder, Say
+from vr3ai.workflows.responder import CallerTurn, Hangup, ReplyPart, Responder, Say
 
 log = logging.getLogger(__name__)
 

@@ -29,12 +29,12 @@ from typing import Literal, Protocol
 from vr3ai.agent.base import RunReport
 from vr3ai.agent.config import PipelineConfig
 from vr3ai.agent.heard import AgentLine, HeardTranscript
-from vr3ai.agent.responders.base import Hangup, ReplyPart, Say
 from vr3ai.agent.services.audio import split_sentences, synthesize_trimmed, trim_leading_silence
 from vr3ai.agent.services.base import ServiceError, TextToSpeech
 from vr3ai.agent.services.cache import TtsCache, cache_key
 from vr3ai.agent.turns import TurnTiming
 from vr3ai.media.interface import CallAudio, HeardPosition, MarkHeard
+from vr3ai.workflows.responder import Hangup, ReplyPart, Say
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 :class:`WorkflowEngine` owns where the call is in the graph (``ResponderState``: node, variables,
 path, events), renders templates, extracts slots, handles DTMF, idle turns and end nodes. The two
 responders differ only in how they pick an edge from the caller's words: the rule responder
-(:mod:`vr3ai.agent.responders.rules`) calls :meth:`WorkflowEngine.match_speech`; the LLM responder
+(:mod:`vr3ai.workflows.responders.rules`) calls :meth:`WorkflowEngine.match_speech`; the LLM responder
 lets the model call tools. DTMF, idle handling, slots and hang-up work the same in both modes, so a
 keypad menu behaves identically whatever the workflow's LLM setting.
 
@@ -48,7 +48,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from vr3ai.agent.responders.base import Hangup, ReplyPart, ResponderState, Say
 from vr3ai.workflows import nlu
 from vr3ai.workflows.definition import (
     AgentNode,
@@ -60,6 +59,7 @@ from vr3ai.workflows.definition import (
     check_definition,
     validate_definition,
 )
+from vr3ai.workflows.responder import Hangup, ReplyPart, ResponderState, Say
 from vr3ai.workflows.templating import Rendered, render
 
 MAX_HOPS = 5

@@ -1,7 +1,7 @@
 """Pick and build the responder a workflow asks for.
 
-``settings.llm.provider`` decides: ``rules`` → :class:`~vr3ai.agent.responders.rules.RuleResponder`,
-``openai_compatible`` → :class:`~vr3ai.agent.responders.openai_compat.OpenAICompatResponder` with the
+``settings.llm.provider`` decides: ``rules`` → :class:`~vr3ai.workflows.responders.rules.RuleResponder`,
+``openai_compatible`` → :class:`~vr3ai.workflows.responders.openai_compat.OpenAICompatResponder` with the
 API key looked up in the organization's secrets by the name in ``api_key_secret``.
 
 A missing secret does not fail the call: the responder is built without a key and a warning event
@@ -16,10 +16,12 @@ from typing import Any
 
 import httpx
 
-from vr3ai.agent.responders.base import Responder
 from vr3ai.core.outbound import OutboundPolicy
 from vr3ai.workflows.definition import OpenAICompatLLM, WorkflowDefinition
 from vr3ai.workflows.engine import ensure_definition
+from vr3ai.workflows.responder import Responder
+from vr3ai.workflows.responders.openai_compat import OpenAICompatResponder
+from vr3ai.workflows.responders.rules import RuleResponder
 
 
 def build_responder(
@@ -31,9 +33,6 @@ def build_responder(
     policy: OutboundPolicy | None = None,
 ) -> Responder:
     """The responder for ``definition`` on one call. ``secrets``: organization secrets by name."""
-    from vr3ai.agent.responders.openai_compat import OpenAICompatResponder
-    from vr3ai.agent.responders.rules import RuleResponder
-
     defn = ensure_definition(definition)
     llm = defn.settings.llm
     if not isinstance(llm, OpenAICompatLLM):

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from vr3ai.agent.responders.base import CallerTurn, Hangup, ReplyPart, ResponderState, Say
 from vr3ai.agent.services.audio import read_wav, resample_pcm16
 from vr3ai.agent.services.base import SpeechToText, TextToSpeech, Transcript
+from vr3ai.workflows.responder import CallerTurn, Hangup, ReplyPart, ResponderState, Say
 
 HAVE_FLITE = shutil.which("flite") is not None
 

@@ -12,9 +12,9 @@ import pytest
 from tests.fakes.call_audio import FakeCallAudio
 from vr3ai.agent.base import CallContext, RunReport
 from vr3ai.agent.pipeline import PipelineConfig, VoicePipeline
-from vr3ai.agent.responders.base import Hangup, Say
 from vr3ai.agent.services.base import ServiceError
 from vr3ai.agent.services.cache import TtsCache, cache_key
+from vr3ai.workflows.responder import Hangup, Say
 
 from .agent_helpers import EnergyVadModel, ScriptedSTT, StubResponder, ToneTTS, metric_rows, tone
 

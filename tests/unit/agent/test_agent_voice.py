@@ -16,8 +16,8 @@ import pytest_asyncio
 from tests.fakes.call_audio import FakeCallAudio
 from vr3ai.agent.base import CallContext, RunReport
 from vr3ai.agent.pipeline import PipelineConfig, VoicePipeline
-from vr3ai.agent.responders.base import Hangup, Say
 from vr3ai.agent.services.runtime import RuntimeConfig, VoiceRuntime
+from vr3ai.workflows.responder import Hangup, Say
 
 from .agent_helpers import HAVE_FLITE, StubResponder, caller_speech, metric_rows, noise_burst
 

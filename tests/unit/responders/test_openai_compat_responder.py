@@ -9,16 +9,16 @@ from typing import Any
 
 import pytest
 
-from vr3ai.agent.responders.base import CallerTurn, Hangup, ReplyPart, Responder, Say
-from vr3ai.agent.responders.openai_compat import (
+from vr3ai.workflows.definition import example_definition, validate_definition
+from vr3ai.workflows.factory import build_responder
+from vr3ai.workflows.responder import CallerTurn, Hangup, ReplyPart, Responder, Say
+from vr3ai.workflows.responders.openai_compat import (
     OpenAICompatResponder,
     SentenceSplitter,
     chat_completions_url,
     tool_names,
 )
-from vr3ai.agent.responders.rules import RuleResponder
-from vr3ai.workflows.definition import example_definition, validate_definition
-from vr3ai.workflows.factory import build_responder
+from vr3ai.workflows.responders.rules import RuleResponder
 
 from .conftest import Script, ScriptedLLM, chunk, text_chunks, tool_call_chunks
 

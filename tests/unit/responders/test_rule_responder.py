@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from vr3ai.agent.responders.base import CallerTurn, Hangup, ReplyPart, Responder, Say
-from vr3ai.agent.responders.rules import RuleResponder
 from vr3ai.workflows.definition import DefinitionError, example_definition, validate_definition
+from vr3ai.workflows.responder import CallerTurn, Hangup, ReplyPart, Responder, Say
+from vr3ai.workflows.responders.rules import RuleResponder
 
 CTX = {"caller_number": "+15550100", "called_number": "8000", "direction": "inbound", "call_id": "ch-1",
        "provider": "ari"}

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from vr3ai.agent.responders.base import CallerTurn, ReplyPart, ResponderState
 from vr3ai.workflows.definition import WorkflowDefinition
 from vr3ai.workflows.engine import WorkflowEngine
+from vr3ai.workflows.responder import CallerTurn, ReplyPart, ResponderState
 
 
 class RuleResponder:

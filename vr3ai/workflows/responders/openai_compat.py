@@ -52,10 +52,10 @@ from typing import Any
 
 import httpx
 
-from vr3ai.agent.responders.base import CallerTurn, ReplyPart, ResponderState, Say
 from vr3ai.core.outbound import OutboundPolicy, OutboundRefused, default_policy
 from vr3ai.workflows.definition import AgentNode, Edge, EndNode, OpenAICompatLLM, StartNode, WorkflowDefinition
 from vr3ai.workflows.engine import NodeT, WorkflowEngine
+from vr3ai.workflows.responder import CallerTurn, ReplyPart, ResponderState, Say
 
 PHONE_RULES = (
     "You are speaking with a caller on the phone. Everything you write is read aloud by a text-to-speech "

@@ -2,8 +2,8 @@
 
 The pipeline (``vr3ai.agent.pipeline``) owns audio, turn-taking and barge-in; a :class:`Responder`
 owns the workflow: which node we are in, what to say, when to hang up. Two responders exist:
-the deterministic rule engine (offline default, ``rules.py``) and an OpenAI-compatible chat model
-(``openai_compat.py``). Both stream :class:`Say` parts sentence by sentence so synthesis of the
+the deterministic rule engine (offline default, ``responders/rules.py``) and an OpenAI-compatible chat model
+(``responders/openai_compat.py``). Both stream :class:`Say` parts sentence by sentence so synthesis of the
 first sentence starts while later ones are still being produced.
 """
 
