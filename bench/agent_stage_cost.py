@@ -34,7 +34,7 @@ from vr3ai.agent.services.audio import pcm16_to_float, resample_float
 from vr3ai.agent.services.flite import FliteTTS
 from vr3ai.agent.services.piper import PiperTTS
 from vr3ai.agent.services.vad import SileroModel, SileroVad, VadParams
-from vr3ai.agent.services.whisper import WhisperSTT
+from vr3ai.agent.services.whisper import WhisperSTT, tiny_en_model_path
 
 UTTS = [
     "I would like to book an appointment for tomorrow.",
@@ -99,13 +99,20 @@ async def main() -> None:
     stt_wall = statistics.median(walls) * 1000
     print(f"stt   ours: {stt_wall:4.0f} ms per utterance (median of per-utterance minima), "
           f"{statistics.median(cpus):.2f} CPU s")
+    # The pipecat-style baseline: faster-whisper's own model and transcribe(), as pipecat's service
+    # builds it (30 s window, beam 5, temperature fallback), on the same model files.
+    from faster_whisper import WhisperModel
+
+    baseline = WhisperModel(
+        str(tiny_en_model_path()), device="cpu", compute_type="int8", cpu_threads=2, local_files_only=True
+    )
     pw = []
     for pcm in clips[:4]:
         audio = resample_float(pcm16_to_float(pcm), 8000, 16000)
         w = []
         for _ in range(max(2, args.reps // 2)):
             t0 = time.perf_counter()
-            segs, _ = stt._whisper.transcribe(audio, language="en")
+            segs, _ = baseline.transcribe(audio, language="en")
             list(segs)
             w.append(time.perf_counter() - t0)
         pw.append(min(w))
