@@ -23,7 +23,7 @@ servers, tests).
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from vr3ai.agent.base import Agent, CallContext
 from vr3ai.agent.pipeline import PipelineConfig, VoicePipeline
@@ -32,6 +32,9 @@ from vr3ai.agent.services.cloud import CartesiaTTS, DeepgramSTT, ElevenLabsTTS, 
 from vr3ai.agent.services.runtime import RuntimeConfig, VoiceRuntime
 from vr3ai.core.outbound import OutboundPolicy
 from vr3ai.core.secret_hosts import cloud_url
+
+if TYPE_CHECKING:  # like build_agent's imports of the workflow package: not at import time
+    from vr3ai.workflows.definition import STTSettings, TTSSettings
 
 __all__ = [
     "RuntimeConfig",
@@ -46,8 +49,8 @@ __all__ = [
 Note = tuple[Literal["info", "warning", "error"], str]
 
 
-def _key(cfg: Any, secrets: dict[str, str], what: str, notes: list[Note]) -> str | None:
-    name = getattr(cfg, "api_key_secret", None)
+def _key(cfg: STTSettings | TTSSettings, secrets: dict[str, str], what: str, notes: list[Note]) -> str | None:
+    name = cfg.api_key_secret
     if not name:
         notes.append(("warning", f"{what}: no api_key_secret configured; using the offline engine"))
         return None
@@ -59,11 +62,14 @@ def _key(cfg: Any, secrets: dict[str, str], what: str, notes: list[Note]) -> str
 
 
 def build_stt(
-    cfg: Any, secrets: dict[str, str], runtime: VoiceRuntime, notes: list[Note], policy: OutboundPolicy | None = None
+    cfg: STTSettings,
+    secrets: dict[str, str],
+    runtime: VoiceRuntime,
+    notes: list[Note],
+    policy: OutboundPolicy | None = None,
 ) -> tuple[SpeechToText, bool]:
     """The STT engine for ``settings.stt``; the bool says whether the call owns (must close) it."""
-    provider = getattr(cfg, "provider", "offline")
-    model = getattr(cfg, "model", None)
+    provider, model = cfg.provider, cfg.model
     # One table (vr3ai.core.secret_hosts) says where a provider's key goes, so the host a secret is
     # bound to is the host it is sent to (and the host the outbound policy checked on save).
     url = cloud_url("stt", provider)
@@ -79,12 +85,14 @@ def build_stt(
 
 
 def build_tts(
-    cfg: Any, secrets: dict[str, str], runtime: VoiceRuntime, notes: list[Note], policy: OutboundPolicy | None = None
+    cfg: TTSSettings,
+    secrets: dict[str, str],
+    runtime: VoiceRuntime,
+    notes: list[Note],
+    policy: OutboundPolicy | None = None,
 ) -> tuple[TextToSpeech, TextToSpeech | None, bool]:
     """(engine, per-sentence fallback, call-owned) for ``settings.tts``."""
-    provider = getattr(cfg, "provider", "offline")
-    voice = getattr(cfg, "voice", None)
-    model = getattr(cfg, "model", None)
+    provider, voice, model = cfg.provider, cfg.voice, cfg.model
     offline = runtime.local_tts()
     cloud: TextToSpeech | None = None
     url = cloud_url("tts", provider)
@@ -179,10 +187,10 @@ def static_speech(runtime: VoiceRuntime, definition: Any) -> tuple[TextToSpeech,
     except Exception:
         return None
     cfg = defn.settings.tts
-    if getattr(cfg, "provider", "offline") not in ("offline", "piper", "flite"):
+    if cfg.provider not in ("offline", "piper", "flite"):
         return None
     tts, _, _ = build_tts(cfg, {}, runtime, [])
-    mode = "rules" if getattr(defn.settings.llm, "provider", "rules") == "rules" else "llm"
+    mode = "rules" if defn.settings.llm.provider == "rules" else "llm"
     return tts, WorkflowEngine(defn).static_texts(mode)
 
 
