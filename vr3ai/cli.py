@@ -59,6 +59,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             "the data folder is readable by other users; `chmod 700` it",
             extra={"data_dir": str(settings.data_dir), "mode": oct(loose)},
         )
+    # Imported here, not at the top: the server loads the whole web stack, which the other
+    # commands do not need (there is no cycle: the server does not import the CLI).
     from vr3ai.server import serve
 
     if args.host:
