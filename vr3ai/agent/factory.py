@@ -23,7 +23,7 @@ servers, tests).
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from vr3ai.agent.base import Agent, CallContext
 from vr3ai.agent.pipeline import PipelineConfig, VoicePipeline
@@ -32,9 +32,9 @@ from vr3ai.agent.services.cloud import CartesiaTTS, DeepgramSTT, ElevenLabsTTS, 
 from vr3ai.agent.services.runtime import RuntimeConfig, VoiceRuntime
 from vr3ai.core.outbound import OutboundPolicy
 from vr3ai.core.secret_hosts import cloud_url
-
-if TYPE_CHECKING:  # like build_agent's imports of the workflow package: not at import time
-    from vr3ai.workflows.definition import STTSettings, TTSSettings
+from vr3ai.workflows.definition import STTSettings, TTSSettings
+from vr3ai.workflows.engine import WorkflowEngine, ensure_definition
+from vr3ai.workflows.factory import build_responder
 
 __all__ = [
     "RuntimeConfig",
@@ -145,9 +145,6 @@ async def stop_runtime() -> None:
 
 def build_agent(ctx: CallContext, runtime: VoiceRuntime | None = None) -> Agent:
     """The agent for one call. Cheap: no model is loaded here (see :class:`VoiceRuntime`)."""
-    from vr3ai.workflows.engine import ensure_definition
-    from vr3ai.workflows.factory import build_responder
-
     runtime = runtime or VoiceRuntime.shared()
     defn = ensure_definition(ctx.workflow_definition)
     settings = defn.settings
@@ -180,8 +177,6 @@ def static_speech(runtime: VoiceRuntime, definition: Any) -> tuple[TextToSpeech,
     """A workflow's static texts (greeting first) and the offline voice that says them; None for a
     cloud voice (it needs the organization's key and bills per character, so it is cached from
     what calls actually say) and for an invalid definition (saving it already reported why)."""
-    from vr3ai.workflows.engine import WorkflowEngine, ensure_definition
-
     try:
         defn = ensure_definition(definition)
     except Exception:
