@@ -55,7 +55,7 @@ from vr3ai.telephony.ari.client import READ_ONLY_TEXT, AriClient, AriError, safe
 from vr3ai.telephony.ari.snippets import MEDIA_PATH, TLS_NOTE, media_ws_uri
 
 if TYPE_CHECKING:
-    from vr3ai.services import Services
+    from vr3ai.telephony.ports import ProcessServices
 
 log = logging.getLogger("vr3ai.telephony.ari.diagnostics")
 
@@ -163,7 +163,7 @@ class _MediaProbe:
 
 
 async def run_diagnostics(
-    services: Services,
+    services: ProcessServices,
     config_id: str,
     *,
     organization_id: str | None = None,
@@ -243,7 +243,7 @@ async def run_diagnostics(
     return checks
 
 
-async def _load(services: Services, config_id: str, organization_id: str | None) -> _Target:
+async def _load(services: ProcessServices, config_id: str, organization_id: str | None) -> _Target:
     async with services.db.session() as s:
         row = await s.get(TelephonyConfiguration, config_id)
         if row is None or (organization_id is not None and row.organization_id != organization_id):
@@ -384,7 +384,7 @@ async def _check_modules(client: AriClient, checks: list[Check]) -> bool:
     return ok_all
 
 
-async def _listener_status(services: Services, config_id: str) -> dict[str, Any] | None:
+async def _listener_status(services: ProcessServices, config_id: str) -> dict[str, Any] | None:
     if services.telephony is None:
         return None
     status: Any = services.telephony.status(config_id)
@@ -393,7 +393,9 @@ async def _listener_status(services: Services, config_id: str) -> dict[str, Any]
     return dict(status.get("ari") or {}) if isinstance(status, dict) else None
 
 
-async def _check_app(services: Services, client: AriClient, row: TelephonyConfiguration, authenticated: bool) -> Check:
+async def _check_app(
+    services: ProcessServices, client: AriClient, row: TelephonyConfiguration, authenticated: bool
+) -> Check:
     name = "Stasis app registered by VR3 AI"
     app = row.stasis_app_name
     ari = await _listener_status(services, row.id)
@@ -486,7 +488,7 @@ async def _check_ws_client_name(client: AriClient, row: TelephonyConfiguration) 
 
 
 async def _check_ws_client_uri(
-    services: Services, client: AriClient, row: TelephonyConfiguration, authenticated: bool
+    services: ProcessServices, client: AriClient, row: TelephonyConfiguration, authenticated: bool
 ) -> Check:
     name = "websocket_client.conf URI points to VR3 AI"
     settings = services.settings
@@ -544,7 +546,9 @@ async def _check_ws_client_uri(
     return Check(name, True, f"uri = {uri}", "", "ws_client_uri")
 
 
-async def _check_media(services: Services, client: AriClient, row: TelephonyConfiguration, *, enabled: bool) -> Check:
+async def _check_media(
+    services: ProcessServices, client: AriClient, row: TelephonyConfiguration, *, enabled: bool
+) -> Check:
     name = "Media WebSocket reachable from Asterisk"
     media = services.media
     manager = services.telephony
@@ -621,7 +625,7 @@ async def _check_media(services: Services, client: AriClient, row: TelephonyConf
 # --- local (database) checks ----------------------------------------------------------------------
 
 
-async def _local_checks(services: Services, target: _Target) -> list[Check]:
+async def _local_checks(services: ProcessServices, target: _Target) -> list[Check]:
     out = [_check_numbers(target), await _check_recent_warnings(services, target.row.id)]
     out.append(await _check_quota(services, target.org))
     return out
@@ -653,7 +657,7 @@ def _check_numbers(target: _Target) -> Check:
     return Check(name, not bad, "; ".join(parts), FIX_NUMBERS if bad else "", "phone_numbers")
 
 
-async def _check_recent_warnings(services: Services, config_id: str) -> Check:
+async def _check_recent_warnings(services: ProcessServices, config_id: str) -> Check:
     name = "No recent call warnings"
     if services.telephony is None:
         return Check(name, None, "not checked: the telephony listener is not running", "", "recent_warnings")
@@ -669,7 +673,7 @@ async def _check_recent_warnings(services: Services, config_id: str) -> Check:
     return Check(name, False, shown + more, FIX_WARNINGS, "recent_warnings")
 
 
-async def _check_quota(services: Services, org: Organization) -> Check:
+async def _check_quota(services: ProcessServices, org: Organization) -> Check:
     name = "Organization quota available"
     async with services.db.session() as s:
         fresh = await s.get(Organization, org.id)
@@ -695,6 +699,6 @@ def _tag(config_id: str) -> str:
     return config_id.replace("-", "")[:8]
 
 
-def _tls_port(services: Services) -> int:
+def _tls_port(services: ProcessServices) -> int:
     s = services.settings
     return s.media_tls_port if s.media_tls_port and s.media_tls_cert and s.media_tls_key else 0
