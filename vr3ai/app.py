@@ -28,7 +28,7 @@ from vr3ai.media.engine import MediaEngine, MediaTuning
 from vr3ai.media.server import MediaRegistry, media_router
 from vr3ai.services import Services
 from vr3ai.settings import Settings
-from vr3ai.telephony.ari.calls import AgentFactory
+from vr3ai.telephony.deps import AgentFactory
 from vr3ai.web import web_router
 
 log = logging.getLogger("vr3ai.app")

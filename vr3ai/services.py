@@ -1,9 +1,13 @@
-"""The process's long-lived services, built once in the app's lifespan and shared by every route."""
+"""The process's long-lived services, built once in the app's lifespan and shared by every route.
+
+The media registry, the voice runtime and the telephony manager are typed by name only
+(``TYPE_CHECKING``): they sit in layers above this module and are attached by ``vr3ai.app``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vr3ai.core.outbound import OutboundPolicy
 from vr3ai.core.quota import QuotaService
@@ -14,6 +18,8 @@ from vr3ai.files import private_dir
 from vr3ai.settings import Settings
 
 if TYPE_CHECKING:
+    from vr3ai.agent.services.runtime import VoiceRuntime
+    from vr3ai.media.server import MediaRegistry
     from vr3ai.telephony.manager import TelephonyManager
 
 
@@ -25,10 +31,10 @@ class Services:
     quota: QuotaService
     runs: RunService
     telephony: TelephonyManager | None = None
-    media: Any = None
-    """``vr3ai.media.server.MediaRegistry``: pending media channels awaiting Asterisk's connection."""
-    voice: Any = None
-    """``vr3ai.agent.factory.VoiceRuntime`` when the offline voice stack is loaded."""
+    media: MediaRegistry | None = None
+    """Pending media channels awaiting Asterisk's connection (set by ``create_app``)."""
+    voice: VoiceRuntime | None = None
+    """The offline voice stack's models, when loaded."""
     outbound: OutboundPolicy = field(init=False)
     """Where requests made for a tenant may go (``settings.outbound_allow``)."""
 

@@ -37,6 +37,7 @@ from vr3ai.settings import Settings
 from vr3ai.telephony.ari.calls import Call
 from vr3ai.telephony.ari.client import AriClient
 from vr3ai.telephony.ari.connection import AriConfig, AriConnection
+from vr3ai.telephony.deps import CallDeps
 
 from .fakes import FakeAriClient, FakeMediaRegistry
 
@@ -298,7 +299,7 @@ class AriRig:
             holder["rig"].agent_modes[mode] += 1
             return TrivialAgent(mode)
 
-        conn = AriConnection(services, config, agent_factory)
+        conn = AriConnection(CallDeps.from_services(services, agent_factory), config)
         await conn.client.aclose()  # the real pooled httpx client is never used
         client = FakeAriClient(random.Random(seed ^ 0x5EED), fail_rate=fail_rate)
         client.on_media_hangup = media.media_channel_gone

@@ -50,6 +50,7 @@ from vr3ai.core.outbound import OutboundRefused
 from vr3ai.db.models import Organization, PhoneNumber, TelephonyConfiguration, Workflow
 from vr3ai.services import Services
 from vr3ai.telephony.ari import snippets
+from vr3ai.telephony.registry import DEFAULT_PROVIDER
 
 log = logging.getLogger("vr3ai.api.telephony")
 router = APIRouter(tags=["telephony"], route_class=ApiRoute)
@@ -63,7 +64,7 @@ FromExtensions = Annotated[list[FromExtension], Field(max_length=100), AfterVali
 class ConfigCreate(RequestBody):
     model_config = ConfigDict(extra="forbid")
     name: DisplayName
-    provider: Provider = "ari"
+    provider: Provider = DEFAULT_PROVIDER.key
     ari_endpoint_url: EndpointUrl = Field(examples=["http://asterisk.example.com:8088"])
     stasis_app_name: Identifier = Field(description="The ARI user (section name in ari.conf).")
     app_password: Password = Field(description="The ARI user's password. Write-only.")

@@ -9,8 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, field_validator
 
-PROVIDERS = ("ari",)
-"""Telephony providers this build can drive. Only Asterisk ARI for now."""
+from vr3ai.telephony.registry import PROVIDERS
 
 _EXTRA_SPACES = (
     "has leading or trailing spaces; ensure there are no extra spaces in the credentials "
@@ -180,7 +179,7 @@ def _secret_value(value: str) -> str:
 
 
 def _provider(value: str) -> str:
-    if value not in PROVIDERS:
+    if value not in PROVIDERS:  # the one provider list: vr3ai.telephony.registry
         raise ValueError(f"must be one of: {', '.join(PROVIDERS)}")
     return value
 

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from vr3ai.core.quota import QuotaExceeded
-from vr3ai.db.models import TelephonyConfiguration, Workflow
-from vr3ai.telephony.ari.calls import AgentFactory
-from vr3ai.telephony.ari.connection import AriConfig, AriConnection
+from vr3ai.db.models import TelephonyConfiguration, new_id
+from vr3ai.telephony.ari.connection import AriConnection
+from vr3ai.telephony.deps import AgentFactory, CallDeps
+from vr3ai.telephony.registry import PROVIDERS
 
 if TYPE_CHECKING:
     from vr3ai.services import Services
@@ -35,6 +36,7 @@ class TelephonyManager:
     def __init__(self, services: Services, agent_factory: AgentFactory) -> None:
         self.services = services
         self.agent_factory = agent_factory
+        self.deps = CallDeps.from_services(services, agent_factory)
         self.connections: dict[str, AriConnection] = {}
         self._lock = asyncio.Lock()
 
@@ -67,14 +69,15 @@ class TelephonyManager:
         await self.stop()
 
     async def _start_row(self, row: TelephonyConfiguration) -> None:
-        if row.provider != "ari" or not row.enabled:
+        spec = PROVIDERS.get(row.provider)
+        if spec is None or not row.enabled:
             return
         try:
-            config = AriConfig.from_row(row, self.services)
+            config = spec.load(row, self.services.box)
         except ValueError as e:
             log.error("cannot start listener", extra={"config_id": row.id, "error": str(e)})
             return
-        conn = AriConnection(self.services, config, self.agent_factory)
+        conn = spec.connect(self.deps, config)
         self.connections[row.id] = conn
         conn.start()
 
@@ -88,7 +91,10 @@ class TelephonyManager:
                     del self.connections[config_id]
                     await current.stop("telephony configuration disabled")
                 return
-            new_config = AriConfig.from_row(row, self.services)
+            spec = PROVIDERS.get(row.provider)
+            if spec is None:
+                return
+            new_config = spec.load(row, self.services.box)
             if current is not None:
                 same = current.config.fingerprint() == new_config.fingerprint()
                 if same and current.stream.state != "replaced":
@@ -134,24 +140,21 @@ class TelephonyManager:
         from_ext = from_extension or (conn.config.from_extensions[0] if conn.config.from_extensions else "")
         caller_number = from_ext.split("/")[-1] if from_ext else ""
         caller_id = f'"VR3 AI" <{caller_number}>' if caller_number else None
-        async with self.services.db.session() as s:
-            workflow = await s.get(Workflow, workflow_id)
-        if workflow is None or workflow.organization_id != organization_id:
+        workflow = await self.deps.store.workflow(organization_id=organization_id, workflow_id=workflow_id)
+        if workflow is None:
             raise CallRefused("workflow not found", 404)
         context = {
             "caller_number": caller_number,
             "called_number": to,
             "direction": "outbound",
             "call_id": None,
-            "provider": "ari",
+            "provider": conn.provider,
         }
-        from vr3ai.db.models import new_id
-
         run_id = new_id()
         call = conn.prepare_outbound(run_id)
         context["call_id"] = call.channel_id
         try:
-            await self.services.runs.create(
+            await self.deps.store.create_run(
                 run_id=run_id,
                 organization_id=organization_id,
                 workflow_id=workflow_id,

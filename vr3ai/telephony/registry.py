@@ -1,13 +1,21 @@
 """Telephony providers: what a configuration of each kind asks for, and how to run it.
 
-A provider is a folder plus an entry here (the Dograh pattern): the API validates against the
-fields, the dashboard renders them with the guide's words, and the manager starts ``connection``.
-Only Asterisk ARI exists today.
+A provider is a folder plus an entry here (the Dograh pattern): the API validates ``provider``
+against :data:`PROVIDERS`, the dashboard renders the fields with the guide's words, and the manager
+loads a configuration row with ``load`` and starts it with ``connect``. This is the one list of
+providers; nothing else spells their keys. Only Asterisk ARI exists today, so the connection type
+is ARI's own; a second provider would put a Protocol of what the manager uses in its place.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from vr3ai.core.secrets import SecretBox
+from vr3ai.db.models import TelephonyConfiguration
+from vr3ai.telephony.ari.connection import AriConfig, AriConnection
+from vr3ai.telephony.deps import CallDeps
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,10 @@ class ProviderSpec:
     key: str
     label: str
     fields: tuple[ProviderField, ...]
+    load: Callable[[TelephonyConfiguration, SecretBox], AriConfig]
+    """A decrypted snapshot of a configuration row; ``ValueError`` if it cannot run."""
+    connect: Callable[[CallDeps, AriConfig], AriConnection]
+    """The connection that listens for the configuration's calls (not started yet)."""
 
 
 ARI = ProviderSpec(
@@ -56,6 +68,10 @@ ARI = ProviderSpec(
             required=False,
         ),
     ),
+    load=AriConfig.from_row,
+    connect=AriConnection,
 )
 
 PROVIDERS: dict[str, ProviderSpec] = {ARI.key: ARI}
+DEFAULT_PROVIDER = ARI
+"""What a new configuration is when the form or request names none."""

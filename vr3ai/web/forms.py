@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from vr3ai.telephony.registry import ARI, ProviderSpec
+from vr3ai.telephony.registry import DEFAULT_PROVIDER, PROVIDERS, ProviderSpec
 
 CONFIG_TEXT_FIELDS = (
     "name",
@@ -100,7 +100,7 @@ def config_payload(form: Mapping[str, Any], *, creating: bool) -> dict[str, Any]
         "enabled": _text(form, "enabled") == "on",
     }
     if creating:
-        data["provider"] = _text(form, "provider") or "ari"
+        data["provider"] = _text(form, "provider") or DEFAULT_PROVIDER.key
     for name in SECRET_FIELDS:
         value = _text(form, name)
         if value or (creating and name == "app_password"):
@@ -109,12 +109,7 @@ def config_payload(form: Mapping[str, Any], *, creating: bool) -> dict[str, Any]
 
 
 def provider_spec(key: str) -> ProviderSpec | None:
-    from vr3ai.telephony.registry import PROVIDERS
-
     return PROVIDERS.get(key)
-
-
-DEFAULT_PROVIDER = ARI
 
 
 # --- workflows ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from vr3ai.db.models import PhoneNumber, TelephonyConfiguration, Workflow
 from vr3ai.services import Services
 from vr3ai.telephony.ari import snippets
-from vr3ai.telephony.registry import PROVIDERS
+from vr3ai.telephony.registry import DEFAULT_PROVIDER, PROVIDERS
 from vr3ai.web import actions
 from vr3ai.web.actions import FormErrors
 from vr3ai.web.auth import Viewer, get_services, require_viewer, require_viewer_post
@@ -79,8 +79,8 @@ async def new_page(request: Request, viewer: ViewerDep, provider: str = "") -> R
 @router.post("/telephony-configurations")
 async def create(request: Request, viewer: PostViewerDep, svc: ServicesDep) -> Response:
     form = await request.form()
-    provider = form.get("provider") if isinstance(form.get("provider"), str) else "ari"
-    spec = PROVIDERS.get(str(provider)) or PROVIDERS["ari"]
+    provider = form.get("provider") if isinstance(form.get("provider"), str) else DEFAULT_PROVIDER.key
+    spec = PROVIDERS.get(str(provider)) or DEFAULT_PROVIDER
     try:
         await actions.create_configuration(svc, viewer.org, config_payload(form, creating=True))
     except FormErrors as errors:
@@ -163,7 +163,7 @@ async def status_json(config_id: str, viewer: ViewerDep, svc: ServicesDep) -> Re
 async def edit_page(request: Request, config_id: str, viewer: ViewerDep) -> Response:
     svc = get_services(request)
     row = await _row(svc, viewer, config_id)
-    spec = PROVIDERS.get(row.provider) or PROVIDERS["ari"]
+    spec = PROVIDERS.get(row.provider) or DEFAULT_PROVIDER
     return render(
         request,
         "telephony_form.html",
@@ -179,7 +179,7 @@ async def update(request: Request, config_id: str, viewer: PostViewerDep, svc: S
     try:
         await actions.update_configuration(svc, viewer.org, row.id, config_payload(form, creating=False))
     except FormErrors as errors:
-        spec = PROVIDERS.get(row.provider) or PROVIDERS["ari"]
+        spec = PROVIDERS.get(row.provider) or DEFAULT_PROVIDER
         shown = ConfigForm.from_form(form)
         shown.has_app_password = bool(row.app_password_enc)
         shown.has_media_password = bool(row.media_password_enc)

@@ -20,21 +20,19 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-
-from vr3ai.agent.base import Agent, CallContext, RunReport
+from vr3ai.agent.base import CallContext, RunReport
+from vr3ai.core.calls import RouteRefused
 from vr3ai.core.quota import QuotaExceeded
-from vr3ai.core.recordings import file_size, recording_refusal
+from vr3ai.core.recordings import file_size
 from vr3ai.core.runs import RunOutcome
-from vr3ai.core.secret_hosts import check_uses, secret_uses
-from vr3ai.db.models import OrganizationSecret, PhoneNumber, Workflow, new_id
+from vr3ai.db.models import Workflow, new_id
 from vr3ai.logs import RedactingLogger
 from vr3ai.telephony.ari.client import AriError
 from vr3ai.telephony.callerid import agent_variables, caller_context
+from vr3ai.telephony.deps import AgentFactory, CallDeps
 
 if TYPE_CHECKING:
     from vr3ai.telephony.ari.connection import AriConnection
@@ -61,7 +59,7 @@ CAUSE_TEXT = {
     58: "bearer capability not available",
 }
 
-AgentFactory = Callable[[CallContext], Agent]
+__all__ = ["OUTBOUND_MARK", "AgentFactory", "Call", "CallFailed"]
 
 
 class CallFailed(Exception):
@@ -86,12 +84,16 @@ class Call:
     def __init__(
         self,
         conn: AriConnection,
+        deps: CallDeps,
         *,
         direction: str,
         channel: dict[str, Any] | None = None,
         run_id: str | None = None,
     ) -> None:
         self.conn = conn
+        """This call's ARI side: its configuration, REST client, ids, status and redaction."""
+        self.deps = deps
+        """Everything else it uses: the call store, the media registry, the agent factory."""
         # Lines of this call are redacted with its configuration's passwords (and, once the workflow is
         # known, its organization secrets): never with another tenant's values.
         self.log = RedactingLogger(log, conn.redactor)
@@ -197,38 +199,17 @@ class Call:
             await asyncio.shield(self._teardown(outcome, hangup_reason))
 
     async def _route_inbound(self) -> Workflow:
-        conn = self.conn
-        cfg = conn.config
+        cfg = self.conn.config
         exten = str((self.channel.get("dialplan") or {}).get("exten", ""))
-        async with conn.services.db.session() as s:
-            number = await s.scalar(
-                select(PhoneNumber).where(
-                    PhoneNumber.telephony_configuration_id == cfg.id, PhoneNumber.address == exten
-                )
+        try:
+            return await self.deps.store.route_inbound(
+                config_id=cfg.id, organization_id=cfg.organization_id, exten=exten
             )
-            if number is None:
-                msg = f"no matching phone number registered for config {cfg.id} (called extension '{exten}')"
-                self.log.warning(msg, extra=self._log_extra(called_number=exten))
-                conn.record_event("warning", msg)
-                raise CallFailed(msg, hangup_reason="unallocated")
-            if number.inbound_workflow_id is None:
-                msg = (
-                    f"phone number '{exten}' of config {cfg.id} has no inbound_workflow_id assigned: "
-                    "set its Inbound workflow in the Phone numbers section"
-                )
-                self.log.warning(msg, extra=self._log_extra(called_number=exten))
-                conn.record_event("warning", msg)
-                raise CallFailed(msg, hangup_reason="unallocated")
-            workflow = await s.get(Workflow, number.inbound_workflow_id)
-        if workflow is None or workflow.organization_id != cfg.organization_id:
-            msg = (
-                f"phone number '{exten}' of config {cfg.id} points to a workflow that does not exist in this "
-                "configuration's organization; call refused"
-            )
-            self.log.error(msg, extra=self._log_extra(called_number=exten))
-            conn.record_event("error", msg)
-            raise CallFailed(msg, hangup_reason="rejected")
-        return workflow
+        except RouteRefused as e:
+            level = logging.ERROR if e.level == "error" else logging.WARNING
+            self.log.log(level, e.message, extra=self._log_extra(called_number=exten))
+            self.conn.record_event(e.level, e.message)
+            raise CallFailed(e.message, hangup_reason=e.hangup_reason) from None
 
     def _context(self, caller: str, called: str) -> dict[str, Any]:
         return {
@@ -236,7 +217,7 @@ class Call:
             "called_number": called,
             "direction": self.direction,
             "call_id": self.channel_id,
-            "provider": "ari",
+            "provider": self.conn.provider,
         }
 
     async def _create_run(self, workflow: Workflow) -> None:
@@ -246,7 +227,7 @@ class Call:
         context = self._context(caller, called)
         self.context = context
         try:
-            await conn.services.runs.create(
+            await self.deps.store.create_run(
                 run_id=self.run_id,
                 organization_id=workflow.organization_id,
                 workflow_id=workflow.id,
@@ -259,7 +240,7 @@ class Call:
             msg = f"call to '{called}' refused: {e.reason}"
             self.log.warning(msg, extra=self._log_extra(called_number=called))
             conn.record_event("warning", msg)
-            await conn.services.runs.create_refused(
+            await self.deps.store.record_refused(
                 organization_id=workflow.organization_id,
                 workflow_id=workflow.id,
                 telephony_configuration_id=conn.config.id,
@@ -280,7 +261,7 @@ class Call:
         conn = self.conn
         outcome: RunOutcome | None = None
         self.run_created = True
-        ring_timeout = conn.services.settings.ring_timeout_s
+        ring_timeout = self.deps.ring_timeout_s
         self._start_recording_check()
         try:
             try:
@@ -312,7 +293,7 @@ class Call:
             if not self.answered_by_remote.is_set():
                 raise CallFailed(f"no answer within {ring_timeout} s", status="no_answer")
             self._mark("remote_answered")
-            await conn.services.runs.set_call_id(self.run_id, self.channel_id)
+            await self.deps.store.set_call_id(self.run_id, self.channel_id)
             outcome = await self._converse(workflow)
         except CallFailed as e:
             outcome = RunOutcome(status=e.status, end_reason=e.reason)
@@ -341,7 +322,7 @@ class Call:
     async def _converse(self, workflow: Workflow) -> RunOutcome:
         conn = self.conn
         cfg = conn.config
-        media_future = conn.services.media.expect(
+        media_future = self.deps.media.expect(
             self.media_id, basic_auth=cfg.media_auth(), recording_path=await self._recording_target()
         )
         try:
@@ -370,7 +351,7 @@ class Call:
             self._mark("bridged")
             # Off the critical path: the greeting must not wait for a database write (under a burst
             # of calls SQLite commits queue up for hundreds of milliseconds).
-            running = asyncio.create_task(conn.services.runs.mark_running(self.run_id))
+            running = asyncio.create_task(self.deps.store.mark_running(self.run_id))
             try:
                 return await self._run_agent(workflow)
             finally:
@@ -380,7 +361,7 @@ class Call:
                     self.log.exception("could not mark the run running", extra=self._log_extra())
         finally:
             if not media_future.done():
-                conn.services.media.cancel(self.media_id)
+                self.deps.media.cancel(self.media_id)
             elif not media_future.cancelled():
                 exc = media_future.exception()  # retrieved, so asyncio does not log it as lost
                 if exc is None and self.session is None:
@@ -392,7 +373,7 @@ class Call:
     def _start_recording_check(self) -> None:
         # Runs while the call is answered (inbound) or rings (outbound): the quota costs no setup time.
         self._recording_check = asyncio.create_task(
-            recording_refusal(self.conn.services.db, self.organization_id), name=f"recording-quota-{self.run_id}"
+            self.deps.store.recording_refusal(self.organization_id), name=f"recording-quota-{self.run_id}"
         )
         # A call that fails before it is bridged never awaits the check: retrieve its outcome anyway.
         self._recording_check.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -464,7 +445,6 @@ class Call:
                 raise CallFailed(f"could not bridge the call: {e.message} (HTTP {e.status})") from None
 
     async def _run_agent(self, workflow: Workflow) -> RunOutcome:
-        conn = self.conn
         ctx = CallContext(
             run_id=self.run_id,
             organization_id=workflow.organization_id,
@@ -472,9 +452,9 @@ class Call:
             workflow_definition=workflow.definition,
             variables=agent_variables(self.context),
             secrets=await self._secrets(workflow),
-            outbound=conn.services.outbound,
+            outbound=self.deps.outbound,
         )
-        agent = conn.agent_factory(ctx)
+        agent = self.deps.agent_factory(ctx)
         agent_task = asyncio.create_task(agent.run(self.session, ctx, self.report), name=f"agent-{self.run_id}")
         media_closed = self.session.closed
         waiters: set[asyncio.Future[Any]] = {agent_task, self.caller_gone, self.media_gone, media_closed}
@@ -513,39 +493,15 @@ class Call:
         return RunOutcome(status=status, end_reason=reason)
 
     async def _secrets(self, workflow: Workflow) -> dict[str, str]:
-        """The organization secrets this workflow sends, each only if it is allowed where it goes
-        (``vr3ai.core.secret_hosts``): a refused one is withheld, with an error event on the run.
-        An unbound secret is bound here to this workflow's hosts (a workflow saved before bindings
-        existed)."""
-        settings = workflow.definition.get("settings") if isinstance(workflow.definition, dict) else None
-        uses = secret_uses(settings)
-        if not uses:
-            return {}
-        out: dict[str, str] = {}
-        async with self.conn.services.db.session() as s:
-            rows = (
-                await s.scalars(
-                    select(OrganizationSecret).where(
-                        OrganizationSecret.organization_id == workflow.organization_id,
-                        OrganizationSecret.name.in_({u.name for u in uses}),
-                    )
-                )
-            ).all()
-            bind, refused = check_uses(uses, {r.name: list(r.allowed_hosts or []) for r in rows})
-            withheld = {use.name for use, _ in refused}
-            for use, msg in refused:
-                self.report.event("error", f"{msg} The secret was not sent.")
-                self.log.warning("organization secret withheld", extra=self._log_extra(secret=use.name, host=use.host))
-            for row in rows:
-                if row.name in bind:
-                    row.allowed_hosts = bind[row.name]
-                if row.name not in withheld:
-                    out[row.name] = self.conn.services.box.decrypt(row.value_enc)
-            if bind:
-                await s.commit()
+        """The organization secrets this workflow sends (``CallStore.secrets_for``): a refused one is
+        withheld, with an error event on the run."""
+        read = await self.deps.store.secrets_for(workflow)
+        for use, msg in read.refused:
+            self.report.event("error", f"{msg} The secret was not sent.")
+            self.log.warning("organization secret withheld", extra=self._log_extra(secret=use.name, host=use.host))
         # From here on this call's lines are redacted with its secrets too.
-        self.log = RedactingLogger(log, self.conn.redactor.with_values(out.values()))
-        return out
+        self.log = RedactingLogger(log, self.conn.redactor.with_values(read.values.values()))
+        return read.values
 
     # --- teardown ---------------------------------------------------------------------------------
     async def _teardown(self, outcome: RunOutcome | None, hangup_reason: str) -> None:
@@ -591,7 +547,7 @@ class Call:
                 outcome.recording_path = recording_path
                 outcome.recording_bytes = file_size(recording_path)
                 try:
-                    await conn.services.runs.finish(self.run_id, outcome)
+                    await self.deps.store.finish(self.run_id, outcome)
                 except Exception:
                     self.log.exception("could not finish run", extra=self._log_extra())
             if outcome is not None:

@@ -13,19 +13,17 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vr3ai.core.runs import RunOutcome
+from vr3ai.core.secrets import SecretBox
 from vr3ai.db.models import TelephonyConfiguration, Workflow
 from vr3ai.files import private_dir
 from vr3ai.logs import RedactingLogger, Redactor
-from vr3ai.telephony.ari.calls import OUTBOUND_MARK, AgentFactory, Call
+from vr3ai.telephony.ari.calls import OUTBOUND_MARK, Call
 from vr3ai.telephony.ari.client import AriClient, AriError, safe_ws_uri
 from vr3ai.telephony.ari.events import AriEventStream, ConnectionState, sanitize_event
-
-if TYPE_CHECKING:
-    from vr3ai.services import Services
+from vr3ai.telephony.deps import CallDeps
 
 log = logging.getLogger("vr3ai.telephony.ari.connection")
 
@@ -82,19 +80,19 @@ class AriConfig:
     media_password: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_row(cls, row: TelephonyConfiguration, services: Services) -> AriConfig:
+    def from_row(cls, row: TelephonyConfiguration, box: SecretBox) -> AriConfig:
         return cls(
             id=row.id,
             organization_id=row.organization_id,
             name=row.name,
             ari_endpoint_url=row.ari_endpoint_url,
             stasis_app_name=row.stasis_app_name,
-            app_password=services.box.decrypt(row.app_password_enc),
+            app_password=box.decrypt(row.app_password_enc),
             websocket_client_name=row.websocket_client_name,
             from_extensions=list(row.from_extensions or []),
             dial_template=row.dial_template or "PJSIP/{to}",
             media_username=row.media_username,
-            media_password=services.box.decrypt(row.media_password_enc) if row.media_password_enc else None,
+            media_password=box.decrypt(row.media_password_enc) if row.media_password_enc else None,
         )
 
     def media_auth(self) -> tuple[str, str] | None:
@@ -116,10 +114,12 @@ class AriConfig:
 
 
 class AriConnection:
-    def __init__(self, services: Services, config: AriConfig, agent_factory: AgentFactory) -> None:
-        self.services = services
+    provider = "ari"
+    """The registry key of this kind of connection (``vr3ai.telephony.registry``)."""
+
+    def __init__(self, deps: CallDeps, config: AriConfig) -> None:
+        self.deps = deps
         self.config = config
-        self.agent_factory = agent_factory
         # Channel and bridge ids we mint carry this tag, so reconcile touches only our own leftovers
         # even when several configurations share one Asterisk.
         self.tag = config.id.replace("-", "")[:8]
@@ -127,7 +127,7 @@ class AriConnection:
         self.redactor = Redactor([config.app_password, config.media_password])
         self.log = RedactingLogger(log, self.redactor)
         self.client = AriClient(
-            config.ari_endpoint_url, config.stasis_app_name, config.app_password, policy=services.outbound
+            config.ari_endpoint_url, config.stasis_app_name, config.app_password, policy=deps.outbound
         )
         self.stream = AriEventStream(
             config_id=config.id,
@@ -137,7 +137,7 @@ class AriConnection:
             client=self.client,
             on_event=self.on_event,
             on_connected=self.reconcile,
-            policy=services.outbound,
+            policy=deps.outbound,
         )
         self.calls: dict[str, Call] = {}
         self.live: set[Call] = set()
@@ -147,7 +147,7 @@ class AriConnection:
         self.draining = False
         """Set on graceful shutdown: live calls go on, new ones are refused."""
         self._background: set[asyncio.Task[Any]] = set()
-        self.start_limiter = StartLimiter(services.settings.call_starts_per_s, services.settings.call_starts_burst)
+        self.start_limiter = StartLimiter(deps.call_starts_per_s, deps.call_starts_burst)
         self.flood_refused = 0
         """Calls refused by ``start_limiter`` since this connection started."""
         self._flood_unreported = 0
@@ -189,7 +189,7 @@ class AriConnection:
         self.recent_events.append({"at": datetime.now(UTC).isoformat(), "level": level, "message": message})
 
     def recording_path(self, run_id: str) -> str:
-        path = private_dir(Path(self.services.settings.data_dir) / "recordings")
+        path = private_dir(self.deps.data_dir / "recordings")
         return str((path / f"{run_id}.wav").resolve())
 
     # --- event routing ----------------------------------------------------------------------------
@@ -234,7 +234,7 @@ class AriConnection:
             self.log.warning("hanging up orphan channel", extra={"config_id": self.config.id, "channel_id": cid})
             self._spawn(self._hangup_quietly(cid))
             return
-        call = Call(self, direction="inbound", channel=channel)
+        call = Call(self, self.deps, direction="inbound", channel=channel)
         self._register(call)
         call.task = asyncio.create_task(call.run_inbound(), name=f"call-{call.run_id}")
 
@@ -295,7 +295,7 @@ class AriConnection:
     def prepare_outbound(self, run_id: str) -> Call:
         """Register an outbound call before its run row exists: reconcile then knows the run is live,
         and events for the channel (which may beat the originate's REST reply) find their owner."""
-        call = Call(self, direction="outbound", run_id=run_id)
+        call = Call(self, self.deps, direction="outbound", run_id=run_id)
         call.channel_id = self.outbound_channel_id(run_id)
         call.channel = {"id": call.channel_id}
         self._register(call)
@@ -340,10 +340,10 @@ class AriConnection:
         # Runs of this configuration that no live call owns can never finish.
         live_runs = {call.run_id for call in self.live}
         closed_runs = 0
-        for run in await self.services.runs.unfinished(self.config.id):
+        for run in await self.deps.store.unfinished(self.config.id):
             if run.id in live_runs:
                 continue
-            done = await self.services.runs.finish(
+            done = await self.deps.store.finish(
                 run.id,
                 RunOutcome(
                     status="failed",
@@ -366,7 +366,7 @@ class AriConnection:
     # --- diagnostics helpers ----------------------------------------------------------------------
     async def media_unreachable_text(self) -> str:
         name = self.config.websocket_client_name
-        ours = f"{self.services.settings.effective_public_url().replace('http', 'ws', 1)}/api/v1/telephony/ws/ari"
+        ours = f"{self.deps.public_url().replace('http', 'ws', 1)}/api/v1/telephony/ws/ari"
         uri = await self.websocket_client_uri()
         where = f"the URI {uri}" if uri else f"the uri in websocket_client.conf [{name}]"
         return (
