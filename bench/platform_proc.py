@@ -196,8 +196,8 @@ class Meter:
     def patch_db_timing(self) -> None:
         """Wall time of the database steps on a call's critical path (setup and teardown): under a
         burst, SQLite serialises writers, and this shows how long a call waits for them."""
+        from vr3ai.core.calls import CallStore
         from vr3ai.core.runs import RunService
-        from vr3ai.telephony.ari.calls import Call
 
         meter = self
 
@@ -215,7 +215,7 @@ class Meter:
 
         for name in ("create", "mark_running", "finish"):
             timed(RunService, name)
-        timed(Call, "_route_inbound")
+        timed(CallStore, "route_inbound")
 
     def _sessions(self) -> dict[str, Any]:
         return dict(self.registry.active)

@@ -194,6 +194,7 @@ async def test_a_call_withholds_a_secret_from_a_host_it_is_not_bound_to(tmp_path
     from tests.web.fakes import closed_port_url
     from vr3ai.telephony.ari.calls import Call
     from vr3ai.telephony.ari.connection import AriConfig, AriConnection
+    from vr3ai.telephony.deps import CallDeps
 
     key = "sk-late-" + secrets.token_hex(12)
     async with start_platform(tmp_path) as p:
@@ -225,19 +226,20 @@ async def test_a_call_withholds_a_secret_from_a_host_it_is_not_bound_to(tmp_path
             from_extensions=[],
             dial_template="PJSIP/{to}",
         )
-        conn = AriConnection(p.services, config, agent_factory=lambda ctx: None)  # type: ignore[arg-type,return-value]
+        deps = CallDeps.from_services(p.services, agent_factory=lambda ctx: None)  # type: ignore[arg-type,return-value]
+        conn = AriConnection(deps, config)
         try:
             async with p.services.db.session() as s:
                 wf = await s.get(Workflow, wid)
                 first = await s.get(Workflow, first_id)
             assert wf is not None and first is not None
-            call = Call(conn, direction="outbound")
+            call = Call(conn, deps, direction="outbound")
             assert await call._secrets(wf) == {}
             [event] = call.report.events
             assert event["level"] == "error" and "'late' may only be sent to api.openai.com" in event["message"]
             assert key not in event["message"]
 
-            call2 = Call(conn, direction="outbound")
+            call2 = Call(conn, deps, direction="outbound")
             got = await call2._secrets(first)
             assert list(got) == ["first"] and call2.report.events == []
             async with p.services.db.session() as s:
