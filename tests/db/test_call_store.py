@@ -12,7 +12,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
-from vr3ai.core.calls import CallStore, RouteRefused
+from vr3ai.core.calls import CallStore, NewRun, RouteRefused
 from vr3ai.core.orgs import create_organization
 from vr3ai.core.quota import QuotaExceeded, QuotaService
 from vr3ai.core.runs import RunOutcome, RunService
@@ -130,15 +130,11 @@ async def test_workflow_lookup_stays_inside_the_organization(world: World) -> No
 
 
 async def _run(world: World, run_id: str, call_id: str) -> WorkflowRun:
-    return await world.store.create_run(
-        run_id=run_id,
-        organization_id=world.org_id,
-        workflow_id=world.workflow.id,
-        telephony_configuration_id=world.config_id,
-        direction="inbound",
-        context={"caller_number": "6001"},
-        call_id=call_id,
-    )
+    return await world.store.create_run(run_id, _new_run(world, call_id))
+
+
+def _new_run(world: World, call_id: str) -> NewRun:
+    return NewRun(world.org_id, world.workflow.id, world.config_id, "inbound", {"caller_number": "6001"}, call_id)
 
 
 async def test_run_lifecycle_holds_and_releases_the_quota_slot(world: World, db: Database) -> None:
@@ -150,16 +146,9 @@ async def test_run_lifecycle_holds_and_releases_the_quota_slot(world: World, db:
         await _run(world, "22222222-2222-4222-8222-222222222222", "chan-2")
     assert info.value.code == "concurrency"
     # ...except the refusal the operator reads in the runs list, which holds no slot.
-    refused = await store.record_refused(
-        organization_id=world.org_id,
-        workflow_id=world.workflow.id,
-        telephony_configuration_id=world.config_id,
-        direction="inbound",
-        context={},
-        call_id="chan-2",
-        reason=f"quota: {info.value.reason}",
-    )
+    refused = await store.record_refused(_new_run(world, "chan-2"), f"quota: {info.value.reason}")
     assert refused.status == "failed" and not refused.slot_held
+    assert refused.end_reason.startswith("quota: concurrent call limit reached")
     assert [r.id for r in await store.unfinished(world.config_id)] == [run.id]
     assert await store.unfinished(world.other_config_id) == []
 

@@ -48,6 +48,18 @@ class SecretsRead:
     refused: list[tuple[SecretUse, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class NewRun:
+    """The run a call asks for (or the refusal it records)."""
+
+    organization_id: str
+    workflow_id: str
+    telephony_configuration_id: str
+    direction: str
+    context: dict[str, Any]
+    call_id: str
+
+
 class CallStore:
     def __init__(self, db: Database, runs: RunService, box: SecretBox) -> None:
         self.db = db
@@ -96,48 +108,28 @@ class CallStore:
         return workflow
 
     # --- the run ----------------------------------------------------------------------------------
-    async def create_run(
-        self,
-        *,
-        run_id: str,
-        organization_id: str,
-        workflow_id: str,
-        telephony_configuration_id: str,
-        direction: str,
-        context: dict[str, Any],
-        call_id: str,
-    ) -> WorkflowRun:
+    async def create_run(self, run_id: str, run: NewRun) -> WorkflowRun:
         """Create the run with its call slot; raises ``QuotaExceeded`` (nothing written) when the
         organization has none left."""
         return await self.runs.create(
             run_id=run_id,
-            organization_id=organization_id,
-            workflow_id=workflow_id,
-            telephony_configuration_id=telephony_configuration_id,
-            direction=direction,
-            context=context,
-            call_id=call_id,
+            organization_id=run.organization_id,
+            workflow_id=run.workflow_id,
+            telephony_configuration_id=run.telephony_configuration_id,
+            direction=run.direction,
+            context=run.context,
+            call_id=run.call_id,
         )
 
-    async def record_refused(
-        self,
-        *,
-        organization_id: str,
-        workflow_id: str,
-        telephony_configuration_id: str,
-        direction: str,
-        context: dict[str, Any],
-        call_id: str,
-        reason: str,
-    ) -> WorkflowRun:
+    async def record_refused(self, run: NewRun, reason: str) -> WorkflowRun:
         """A failed run (holding no slot) that tells the operator why a call was refused."""
         return await self.runs.create_refused(
-            organization_id=organization_id,
-            workflow_id=workflow_id,
-            telephony_configuration_id=telephony_configuration_id,
-            direction=direction,
-            context=context,
-            call_id=call_id,
+            organization_id=run.organization_id,
+            workflow_id=run.workflow_id,
+            telephony_configuration_id=run.telephony_configuration_id,
+            direction=run.direction,
+            context=run.context,
+            call_id=run.call_id,
             reason=reason,
         )
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from vr3ai.core.calls import NewRun
 from vr3ai.core.quota import QuotaExceeded
 from vr3ai.db.models import TelephonyConfiguration, new_id
 from vr3ai.telephony.ari.connection import AriConnection
@@ -155,13 +156,7 @@ class TelephonyManager:
         context["call_id"] = call.channel_id
         try:
             await self.deps.store.create_run(
-                run_id=run_id,
-                organization_id=organization_id,
-                workflow_id=workflow_id,
-                telephony_configuration_id=config_id,
-                direction="outbound",
-                context=context,
-                call_id=call.channel_id,
+                run_id, NewRun(organization_id, workflow_id, config_id, "outbound", context, call.channel_id)
             )
         except QuotaExceeded as e:
             conn.forget(call)

@@ -12,6 +12,12 @@ run → answer → mixing bridge → ``externalMedia`` (our channel id registere
 first: Asterisk may connect before the REST reply) → the media channel's own ``StasisStart`` →
 ``addChannel`` both → agent. Teardown always runs every step (media channel, caller, bridge,
 run + quota), each tolerant of the object already being gone.
+
+What the call needs beyond its ARI connection comes in one small object (``CallDeps``): the call
+store (``vr3ai.core.calls``: routing, run and quota, secrets, recordings quota, finish; the only
+database access), the media registry and the agent factory. The media half of the call (bridge,
+``externalMedia``, the media socket) is ``media_leg.MediaLeg``; how the end is explained is
+``outcome``.
 """
 
 from __future__ import annotations
@@ -20,21 +26,29 @@ import asyncio
 import logging
 import secrets
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vr3ai.agent.base import CallContext, RunReport
-from vr3ai.core.calls import RouteRefused
+from vr3ai.core.calls import NewRun, RouteRefused
 from vr3ai.core.quota import QuotaExceeded
-from vr3ai.core.recordings import file_size
 from vr3ai.core.runs import RunOutcome
 from vr3ai.db.models import Workflow, new_id
 from vr3ai.logs import RedactingLogger
 from vr3ai.telephony.ari.client import AriError
+from vr3ai.telephony.ari.media_leg import MediaLeg
+from vr3ai.telephony.ari.outcome import (
+    CallFailed,
+    ChannelGone,
+    ConversationEnd,
+    conversation_outcome,
+    unanswered_outcome,
+    with_report,
+)
 from vr3ai.telephony.callerid import agent_variables, caller_context
 from vr3ai.telephony.deps import AgentFactory, CallDeps
 
 if TYPE_CHECKING:
+    from vr3ai.media.session import MediaSession
     from vr3ai.telephony.ari.connection import AriConnection
 
 log = logging.getLogger("vr3ai.telephony.ari.calls")
@@ -43,37 +57,7 @@ OUTBOUND_MARK = "vr3ai-outbound"
 MEDIA_CONNECT_TIMEOUT_S = 12.0
 """Asterisk retries the media connection reconnect_attempts × (connection_timeout + interval)."""
 
-# Q.850 causes worth explaining to a person.
-CAUSE_TEXT = {
-    1: "unallocated number",
-    3: "no route to destination",
-    16: "normal clearing",
-    17: "user busy",
-    18: "no user responding",
-    19: "no answer",
-    21: "call rejected",
-    27: "destination out of order",
-    31: "normal, unspecified",
-    34: "no circuit available",
-    38: "network out of order",
-    58: "bearer capability not available",
-}
-
-__all__ = ["OUTBOUND_MARK", "AgentFactory", "Call", "CallFailed"]
-
-
-class CallFailed(Exception):
-    def __init__(self, reason: str, status: str = "failed", hangup_reason: str = "normal") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.hangup_reason = hangup_reason
-
-
-@dataclass
-class ChannelGone:
-    cause: int | None
-    cause_txt: str
+__all__ = ["OUTBOUND_MARK", "AgentFactory", "Call", "CallFailed", "ChannelGone"]
 
 
 def short_id() -> str:
@@ -107,7 +91,7 @@ class Call:
         self.t0 = time.monotonic()
         self.timings: dict[str, float] = {}
         self.report = RunReport()
-        self.session: Any = None
+        self.session: MediaSession | None = None
         self.run_created = False
         self.answered_by_remote = asyncio.Event()
         self.caller_gone: asyncio.Future[ChannelGone] = asyncio.get_running_loop().create_future()
@@ -120,7 +104,7 @@ class Call:
         self.end_requested: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
         self.task: asyncio.Task[None] | None = None
         self.organization_id = conn.config.organization_id
-        self._recording_check: asyncio.Task[str | None] | None = None
+        self.media = MediaLeg(self)
 
     # --- facts from ARI (never awaits) -------------------------------------------------------------
     def feed(self, event: dict[str, Any]) -> None:
@@ -138,7 +122,7 @@ class Call:
                 self.asterisk_shutdown = True
         if cid == self.media_id:
             if etype == "StasisStart":
-                self._mark("media_stasis_start")
+                self.mark("media_stasis_start")
                 self.media_in_stasis.set()
             elif etype == "ChannelDestroyed":
                 _resolve(self.media_gone, ChannelGone(event.get("cause"), event.get("cause_txt", "")))
@@ -160,7 +144,7 @@ class Call:
     def request_end(self, reason: str, status: str = "completed") -> None:
         _resolve(self.end_requested, (reason, status))
 
-    def _mark(self, name: str) -> None:
+    def mark(self, name: str) -> None:
         self.timings[name] = round((time.monotonic() - self.t0) * 1000, 1)
 
     @property
@@ -175,7 +159,7 @@ class Call:
         try:
             workflow = await self._route_inbound()
             await self._create_run(workflow)
-            self._start_recording_check()
+            self.media.start_recording_check()
             if self.channel.get("state") != "Up":
                 try:
                     await conn.client.answer(self.channel_id)
@@ -184,7 +168,7 @@ class Call:
                     if e.status in (404, 409, 412) or self.caller_gone.done():
                         raise CallFailed("caller hung up before the call was answered", status="completed") from None
                     raise CallFailed(f"could not answer the call: {e.message} (HTTP {e.status})") from None
-                self._mark("answered")
+                self.mark("answered")
             outcome = await self._converse(workflow)
         except CallFailed as e:
             outcome = RunOutcome(status=e.status, end_reason=e.reason)
@@ -193,7 +177,7 @@ class Call:
             outcome = RunOutcome(status="failed", end_reason="call aborted: VR3 AI is shutting down")
             raise
         except Exception as e:
-            self.log.exception("inbound call failed", extra=self._log_extra())
+            self.log.exception("inbound call failed", extra=self.log_extra())
             outcome = RunOutcome(status="failed", end_reason=f"internal error: {type(e).__name__}")
         finally:
             await asyncio.shield(self._teardown(outcome, hangup_reason))
@@ -207,7 +191,7 @@ class Call:
             )
         except RouteRefused as e:
             level = logging.ERROR if e.level == "error" else logging.WARNING
-            self.log.log(level, e.message, extra=self._log_extra(called_number=exten))
+            self.log.log(level, e.message, extra=self.log_extra(called_number=exten))
             self.conn.record_event(e.level, e.message)
             raise CallFailed(e.message, hangup_reason=e.hangup_reason) from None
 
@@ -226,34 +210,19 @@ class Call:
         called = str((self.channel.get("dialplan") or {}).get("exten", ""))
         context = self._context(caller, called)
         self.context = context
+        run = NewRun(workflow.organization_id, workflow.id, conn.config.id, "inbound", context, self.channel_id)
         try:
-            await self.deps.store.create_run(
-                run_id=self.run_id,
-                organization_id=workflow.organization_id,
-                workflow_id=workflow.id,
-                telephony_configuration_id=conn.config.id,
-                direction="inbound",
-                context=context,
-                call_id=self.channel_id,
-            )
+            await self.deps.store.create_run(self.run_id, run)
         except QuotaExceeded as e:
             msg = f"call to '{called}' refused: {e.reason}"
-            self.log.warning(msg, extra=self._log_extra(called_number=called))
+            self.log.warning(msg, extra=self.log_extra(called_number=called))
             conn.record_event("warning", msg)
-            await self.deps.store.record_refused(
-                organization_id=workflow.organization_id,
-                workflow_id=workflow.id,
-                telephony_configuration_id=conn.config.id,
-                direction="inbound",
-                context=context,
-                call_id=self.channel_id,
-                reason=f"quota: {e.reason}",
-            )
+            await self.deps.store.record_refused(run, f"quota: {e.reason}")
             raise CallFailed(
                 f"quota: {e.reason}", hangup_reason="congestion" if e.code == "concurrency" else "rejected"
             ) from None
         self.run_created = True
-        self._mark("run_created")
+        self.mark("run_created")
 
     # --- outbound ---------------------------------------------------------------------------------
     async def run_outbound(self, workflow: Workflow, endpoint: str, caller_id: str | None) -> None:
@@ -262,7 +231,7 @@ class Call:
         outcome: RunOutcome | None = None
         self.run_created = True
         ring_timeout = self.deps.ring_timeout_s
-        self._start_recording_check()
+        self.media.start_recording_check()
         try:
             try:
                 await conn.client.originate(
@@ -275,7 +244,7 @@ class Call:
                 )
             except AriError as e:
                 raise CallFailed(f"originate to '{endpoint}' failed: {e.message} (HTTP {e.status})") from None
-            self._mark("originated")
+            self.mark("originated")
             answered = asyncio.ensure_future(self.answered_by_remote.wait())
             await asyncio.wait(
                 {answered, self.caller_gone, self.end_requested},
@@ -288,11 +257,11 @@ class Call:
                 raise CallFailed(reason, status=status)
             if self.caller_gone.done() and not self.answered_by_remote.is_set():
                 gone = self.caller_gone.result()
-                status, reason = self._unanswered_outcome(gone)
+                status, reason = unanswered_outcome(gone, self.dial_status)
                 raise CallFailed(reason, status=status)
             if not self.answered_by_remote.is_set():
                 raise CallFailed(f"no answer within {ring_timeout} s", status="no_answer")
-            self._mark("remote_answered")
+            self.mark("remote_answered")
             await self.deps.store.set_call_id(self.run_id, self.channel_id)
             outcome = await self._converse(workflow)
         except CallFailed as e:
@@ -301,54 +270,14 @@ class Call:
             outcome = RunOutcome(status="failed", end_reason="call aborted: VR3 AI is shutting down")
             raise
         except Exception as e:
-            self.log.exception("outbound call failed", extra=self._log_extra())
+            self.log.exception("outbound call failed", extra=self.log_extra())
             outcome = RunOutcome(status="failed", end_reason=f"internal error: {type(e).__name__}")
         finally:
             await asyncio.shield(self._teardown(outcome, "normal"))
 
-    def _unanswered_outcome(self, gone: ChannelGone) -> tuple[str, str]:
-        ds = self.dial_status.upper()
-        cause = gone.cause
-        text = f"cause {cause} ({CAUSE_TEXT.get(cause or -1, gone.cause_txt or 'unknown')})"
-        if ds == "BUSY" or cause == 17:
-            return "busy", f"callee busy: {text}"
-        if ds in ("NOANSWER", "CANCEL") or cause in (18, 19):
-            return "no_answer", f"no answer: {text}"
-        if ds in ("CHANUNAVAIL", "CONGESTION"):
-            return "failed", f"could not reach the callee ({ds.lower()}): {text}"
-        return "failed", f"call ended before answer: {text}"
-
     # --- shared: media, bridge, agent -------------------------------------------------------------
     async def _converse(self, workflow: Workflow) -> RunOutcome:
-        conn = self.conn
-        cfg = conn.config
-        media_future = self.deps.media.expect(
-            self.media_id, basic_auth=cfg.media_auth(), recording_path=await self._recording_target()
-        )
-        try:
-            try:
-                await conn.client.create_bridge(self.bridge_id, name=f"vr3ai-{self.run_id[:8]}")
-            except AriError as e:
-                raise CallFailed(f"could not create the mixing bridge: {e.message} (HTTP {e.status})") from None
-            self._mark("bridge_created")
-            try:
-                await conn.client.external_media(
-                    app=cfg.stasis_app_name, channel_id=self.media_id, external_host=cfg.websocket_client_name
-                )
-            except AriError as e:
-                if e.status == 400 and "external_host" in e.remote:
-                    raise CallFailed(
-                        f"Asterisk has no websocket_client named '{cfg.websocket_client_name}' (HTTP 400). "
-                        "Check websocket_client.conf and the WebSocket Client Name of this configuration "
-                        "(then: module reload res_websocket_client.so)."
-                    ) from None
-                raise CallFailed(f"externalMedia failed: {e.message} (HTTP {e.status})") from None
-            self._mark("external_media_requested")
-            await self._wait_media(media_future)
-            self.session = media_future.result()
-            self._mark("media_connected")
-            await self._add_to_bridge()
-            self._mark("bridged")
+        async with self.media.bridged(MEDIA_CONNECT_TIMEOUT_S):
             # Off the critical path: the greeting must not wait for a database write (under a burst
             # of calls SQLite commits queue up for hundreds of milliseconds).
             running = asyncio.create_task(self.deps.store.mark_running(self.run_id))
@@ -358,91 +287,7 @@ class Call:
                 try:
                     await running
                 except Exception:
-                    self.log.exception("could not mark the run running", extra=self._log_extra())
-        finally:
-            if not media_future.done():
-                self.deps.media.cancel(self.media_id)
-            elif not media_future.cancelled():
-                exc = media_future.exception()  # retrieved, so asyncio does not log it as lost
-                if exc is None and self.session is None:
-                    # Connected, but the call failed before adopting it: close it here, since
-                    # teardown only knows adopted sessions.
-                    orphan = media_future.result()
-                    await orphan.close(1000, "call setup failed")
-
-    def _start_recording_check(self) -> None:
-        # Runs while the call is answered (inbound) or rings (outbound): the quota costs no setup time.
-        self._recording_check = asyncio.create_task(
-            self.deps.store.recording_refusal(self.organization_id), name=f"recording-quota-{self.run_id}"
-        )
-        # A call that fails before it is bridged never awaits the check: retrieve its outcome anyway.
-        self._recording_check.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-    async def _recording_target(self) -> str | None:
-        """Where to record this call, or None (with a run event) when the organization's recording
-        quota is used up: the call goes on, unrecorded."""
-        check = self._recording_check
-        try:
-            refusal = await check if check is not None else None
-        except Exception:
-            log.exception("recording quota check failed; recording the call", extra=self._log_extra())
-            refusal = None
-        if refusal is not None:
-            self.report.event("warning", refusal)
-            return None
-        return self.conn.recording_path(self.run_id)
-
-    async def _wait_media(self, media_future: asyncio.Future[Any]) -> None:
-        stasis = asyncio.ensure_future(self.media_in_stasis.wait())
-        deadline = time.monotonic() + MEDIA_CONNECT_TIMEOUT_S
-        try:
-            while not (media_future.done() and self.media_in_stasis.is_set()):
-                self._raise_if_media_refused(media_future)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise CallFailed(
-                        f"the media WebSocket did not connect within {MEDIA_CONNECT_TIMEOUT_S:.0f} s "
-                        f"(websocket_client '{self.conn.config.websocket_client_name}')"
-                    )
-                waiters = {self.caller_gone, self.media_gone, self.end_requested}
-                if not media_future.done():
-                    waiters.add(media_future)
-                if not self.media_in_stasis.is_set():
-                    waiters.add(stasis)
-                await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-                if self.caller_gone.done():
-                    raise CallFailed("caller hung up during call setup", status="completed")
-                if self.end_requested.done():
-                    raise CallFailed(self.end_requested.result()[0])
-                if self.media_gone.done():
-                    gone = self.media_gone.result()
-                    if gone.cause == 3:
-                        raise CallFailed(await self.conn.media_unreachable_text())
-                    raise CallFailed(f"media channel ended during setup: cause {gone.cause} {gone.cause_txt}")
-                self._raise_if_media_refused(media_future)
-            self._raise_if_media_refused(media_future)
-        finally:
-            stasis.cancel()
-
-    @staticmethod
-    def _raise_if_media_refused(media_future: asyncio.Future[Any]) -> None:
-        if media_future.done() and not media_future.cancelled() and media_future.exception() is not None:
-            raise CallFailed(f"media connection refused: {media_future.exception()}")
-
-    async def _add_to_bridge(self) -> None:
-        # Both channels must be in Stasis (the media channel's StasisStart was awaited); a 422 can
-        # still race the caller hanging up, so retry briefly before giving up.
-        for attempt in range(3):
-            try:
-                await self.conn.client.add_channels(self.bridge_id, [self.channel_id, self.media_id])
-                return
-            except AriError as e:
-                if self.caller_gone.done():
-                    raise CallFailed("caller hung up during call setup", status="completed") from None
-                if e.status in (409, 422) and attempt < 2:
-                    await asyncio.sleep(0.05)
-                    continue
-                raise CallFailed(f"could not bridge the call: {e.message} (HTTP {e.status})") from None
+                    self.log.exception("could not mark the run running", extra=self.log_extra())
 
     async def _run_agent(self, workflow: Workflow) -> RunOutcome:
         ctx = CallContext(
@@ -460,28 +305,23 @@ class Call:
         waiters: set[asyncio.Future[Any]] = {agent_task, self.caller_gone, self.media_gone, media_closed}
         waiters.add(self.end_requested)
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        status, reason = "completed", "call ended"
-        info = media_closed.result() if media_closed.done() and not media_closed.cancelled() else None
-        agent_hung_up = info is not None and info.initiator == "local" and info.reason.startswith("hangup:")
         agent_exc = agent_task.exception() if agent_task.done() and not agent_task.cancelled() else None
-        if self.asterisk_shutdown:
-            status, reason = "failed", "Asterisk shut down or restarted while the call was up"
-        elif self.caller_gone.done():
-            gone = self.caller_gone.result()
-            reason = "caller hung up" if gone.cause in (None, 16, 0) else f"caller hung up (cause {gone.cause})"
-        elif self.end_requested.done():
-            reason, status = self.end_requested.result()
-        elif agent_exc is not None:
-            self.log.error("agent failed", exc_info=agent_exc, extra=self._log_extra())
-            status, reason = "failed", f"agent error: {type(agent_exc).__name__}: {agent_exc}"
-        elif agent_hung_up or (agent_task.done() and info is None and not self.media_gone.done()):
-            reason = self.report.end_reason or "agent ended the call"
-        elif self.media_gone.done():
-            gone = self.media_gone.result()
-            status, reason = "failed", f"media channel ended unexpectedly (cause {gone.cause} {gone.cause_txt})"
-        elif info is not None:
-            code = f", close code {info.code}" if info.code else ""
-            status, reason = "failed", f"media connection dropped ({info.reason}{code})"
+        if agent_exc is not None and not (
+            self.asterisk_shutdown or self.caller_gone.done() or self.end_requested.done()
+        ):
+            self.log.error("agent failed", exc_info=agent_exc, extra=self.log_extra())
+        status, reason = conversation_outcome(
+            ConversationEnd(
+                asterisk_shutdown=self.asterisk_shutdown,
+                caller_gone=self.caller_gone.result() if self.caller_gone.done() else None,
+                end_requested=self.end_requested.result() if self.end_requested.done() else None,
+                agent_done=agent_task.done(),
+                agent_error=agent_exc,
+                media_gone=self.media_gone.result() if self.media_gone.done() else None,
+                media_closed=media_closed.result() if media_closed.done() and not media_closed.cancelled() else None,
+                agent_end_reason=self.report.end_reason,
+            )
+        )
         if not agent_task.done():
             # Closing the media session ends the agent's frames (CallEnded); give it a moment to
             # flush its transcript, then stop it.
@@ -498,7 +338,7 @@ class Call:
         read = await self.deps.store.secrets_for(workflow)
         for use, msg in read.refused:
             self.report.event("error", f"{msg} The secret was not sent.")
-            self.log.warning("organization secret withheld", extra=self._log_extra(secret=use.name, host=use.host))
+            self.log.warning("organization secret withheld", extra=self.log_extra(secret=use.name, host=use.host))
         # From here on this call's lines are redacted with its secrets too.
         self.log = RedactingLogger(log, self.conn.redactor.with_values(read.values.values()))
         return read.values
@@ -521,45 +361,31 @@ class Call:
                     await client.hangup(cid, reason)
                 except AriError as e:
                     if e.status != 0:
-                        self.log.warning("hangup failed", extra=self._log_extra(error=e.message))
+                        self.log.warning("hangup failed", extra=self.log_extra(error=e.message))
             try:
                 await client.delete_bridge(self.bridge_id)
             except AriError:
                 pass
-            if self.session is not None:
-                await self.session.close(1000, "call ended")
-                try:
-                    path = await asyncio.wait_for(asyncio.shield(self.session.recording), timeout=5)
-                    recording_path = str(path) if path else None
-                except TimeoutError:
-                    self.log.warning("recording not written in time", extra=self._log_extra())
+            recording_path = await self.media.close_session()
         except Exception:
-            self.log.exception("teardown step failed", extra=self._log_extra())
+            self.log.exception("teardown step failed", extra=self.log_extra())
         finally:
             if self.run_created and outcome is not None:
-                outcome.transcript = [line.as_dict() for line in self.report.transcript]
-                outcome.metrics = [
-                    *self.report.metrics,
-                    {"call_timings_ms": self.timings, "node_path": list(self.report.node_path)},
-                ]
-                outcome.variables = dict(self.report.variables)
-                outcome.events = list(self.report.events)
-                outcome.recording_path = recording_path
-                outcome.recording_bytes = file_size(recording_path)
+                with_report(outcome, self.report, self.timings, recording_path)
                 try:
                     await self.deps.store.finish(self.run_id, outcome)
                 except Exception:
-                    self.log.exception("could not finish run", extra=self._log_extra())
+                    self.log.exception("could not finish run", extra=self.log_extra())
             if outcome is not None:
                 level = logging.INFO if outcome.status == "completed" else logging.WARNING
                 self.log.log(
                     level,
                     "call ended",
-                    extra=self._log_extra(status=outcome.status, end_reason=outcome.end_reason, timings=self.timings),
+                    extra=self.log_extra(status=outcome.status, end_reason=outcome.end_reason, timings=self.timings),
                 )
             conn.forget(self)
 
-    def _log_extra(self, **kw: Any) -> dict[str, Any]:
+    def log_extra(self, **kw: Any) -> dict[str, Any]:
         return {
             "config_id": self.conn.config.id,
             "run_id": self.run_id,
