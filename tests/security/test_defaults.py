@@ -166,13 +166,16 @@ async def test_data_folder_database_and_secret_key_are_private(tmp_path: Path, u
 
 
 async def test_recordings_are_private(tmp_path: Path, umask_022: None) -> None:
+    from vr3ai.media.server import MediaRegistry
     from vr3ai.telephony.ari.connection import AriConfig, AriConnection
+    from vr3ai.telephony.deps import CallDeps
 
     settings = Settings(data_dir=tmp_path / "data", voice=False, start_telephony=False)
     svc = Services.build(settings)
     try:
+        svc.media = MediaRegistry()
         conn = AriConnection(
-            svc,
+            CallDeps.from_services(svc, agent_factory=lambda *a, **k: None),  # type: ignore[arg-type,return-value]
             AriConfig(
                 id="00000000-0000-0000-0000-000000000001",
                 organization_id="org",
@@ -184,7 +187,6 @@ async def test_recordings_are_private(tmp_path: Path, umask_022: None) -> None:
                 from_extensions=[],
                 dial_template="PJSIP/{to}",
             ),
-            agent_factory=lambda *a, **k: None,
         )
         path = Path(conn.recording_path("run-1"))
         rec = CallRecorder(WIRE_FORMATS["ulaw"])
