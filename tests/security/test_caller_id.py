@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ async def call_with_caller_id(rig: AriRig, number: str) -> tuple[Any, CallContex
         seen.append(ctx)
         return TrivialAgent("quick")
 
-    rig.conn.agent_factory = factory
+    rig.conn.deps = replace(rig.conn.deps, agent_factory=factory)
     gen = Gen(random.Random(1))
     cid = f"1795663575.{len(rig.all_calls) + 100}"
     event = gen.stasis_start(cid, exten=GOOD_EXTEN, state="Ring")
