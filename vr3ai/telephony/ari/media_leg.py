@@ -12,18 +12,44 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from vr3ai.agent.base import RunReport
+from vr3ai.logs import RedactingLogger
 from vr3ai.telephony.ari.client import AriError
-from vr3ai.telephony.ari.outcome import CallFailed
+from vr3ai.telephony.ari.outcome import CallFailed, ChannelGone
+from vr3ai.telephony.deps import CallDeps
 
 if TYPE_CHECKING:
     from vr3ai.media.session import MediaSession
-    from vr3ai.telephony.ari.calls import Call
+    from vr3ai.telephony.ari.connection import AriConnection
+
+
+class CallSide(Protocol):
+    """What the media leg uses of its call (``calls.Call``): ids, facts, the report, the log."""
+
+    conn: AriConnection
+    deps: CallDeps
+    log: RedactingLogger
+    report: RunReport
+    run_id: str
+    organization_id: str
+    channel_id: str
+    media_id: str
+    bridge_id: str
+    session: MediaSession | None
+    caller_gone: asyncio.Future[ChannelGone]
+    media_gone: asyncio.Future[ChannelGone]
+    end_requested: asyncio.Future[tuple[str, str]]
+    media_in_stasis: asyncio.Event
+
+    def mark(self, name: str) -> None: ...
+
+    def log_extra(self, **kw: Any) -> dict[str, Any]: ...
 
 
 class MediaLeg:
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: CallSide) -> None:
         self.call = call
         self._recording_check: asyncio.Task[str | None] | None = None
 
