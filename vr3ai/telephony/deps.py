@@ -8,41 +8,25 @@ media registry and a test agent.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from vr3ai.agent.base import Agent, CallContext
 from vr3ai.core.calls import CallStore
 from vr3ai.core.outbound import OutboundPolicy
 
 if TYPE_CHECKING:
-    from vr3ai.media.session import MediaSession
-    from vr3ai.services import Services
+    from vr3ai.telephony.ports import MediaChannels, ProcessServices
 
 AgentFactory = Callable[[CallContext], Agent]
-
-
-class MediaPort(Protocol):
-    """The media server's registry of expected channels (``vr3ai.media.server.MediaRegistry``)."""
-
-    def expect(
-        self,
-        channel_id: str,
-        basic_auth: tuple[str, str] | None = None,
-        *,
-        recording_path: str | None = None,
-    ) -> asyncio.Future[MediaSession]: ...
-
-    def cancel(self, channel_id: str) -> bool: ...
 
 
 @dataclass(frozen=True)
 class CallDeps:
     store: CallStore
-    media: MediaPort
+    media: MediaChannels
     agent_factory: AgentFactory
     outbound: OutboundPolicy
     """Where requests made for this tenant may go: ARI, and the agent's cloud services."""
@@ -55,7 +39,7 @@ class CallDeps:
     call_starts_burst: int
 
     @classmethod
-    def from_services(cls, services: Services, agent_factory: AgentFactory) -> CallDeps:
+    def from_services(cls, services: ProcessServices, agent_factory: AgentFactory) -> CallDeps:
         if services.media is None:
             raise ValueError("the media registry must exist before telephony starts")
         settings = services.settings

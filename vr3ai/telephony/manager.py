@@ -20,7 +20,7 @@ from vr3ai.telephony.deps import AgentFactory, CallDeps
 from vr3ai.telephony.registry import PROVIDERS
 
 if TYPE_CHECKING:
-    from vr3ai.services import Services
+    from vr3ai.telephony.ports import ProcessServices
 
 log = logging.getLogger("vr3ai.telephony.manager")
 
@@ -34,7 +34,7 @@ class CallRefused(Exception):
 
 
 class TelephonyManager:
-    def __init__(self, services: Services, agent_factory: AgentFactory) -> None:
+    def __init__(self, services: ProcessServices, agent_factory: AgentFactory) -> None:
         self.services = services
         self.agent_factory = agent_factory
         self.deps = CallDeps.from_services(services, agent_factory)
