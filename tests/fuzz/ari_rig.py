@@ -36,7 +36,8 @@ from vr3ai.services import Services
 from vr3ai.settings import Settings
 from vr3ai.telephony.ari.calls import Call
 from vr3ai.telephony.ari.client import AriClient
-from vr3ai.telephony.ari.connection import AriConfig, AriConnection
+from vr3ai.telephony.ari.config import AriConfig
+from vr3ai.telephony.ari.connection import AriConnection
 from vr3ai.telephony.deps import CallDeps
 
 from .fakes import FakeAriClient, FakeMediaRegistry

@@ -193,7 +193,8 @@ async def test_a_call_withholds_a_secret_from_a_host_it_is_not_bound_to(tmp_path
     starts: the secret is withheld from a host it is not bound to, and bound on first use."""
     from tests.web.fakes import closed_port_url
     from vr3ai.telephony.ari.calls import Call
-    from vr3ai.telephony.ari.connection import AriConfig, AriConnection
+    from vr3ai.telephony.ari.config import AriConfig
+    from vr3ai.telephony.ari.connection import AriConnection
     from vr3ai.telephony.deps import CallDeps
 
     key = "sk-late-" + secrets.token_hex(12)

@@ -167,7 +167,8 @@ async def test_data_folder_database_and_secret_key_are_private(tmp_path: Path, u
 
 async def test_recordings_are_private(tmp_path: Path, umask_022: None) -> None:
     from vr3ai.media.server import MediaRegistry
-    from vr3ai.telephony.ari.connection import AriConfig, AriConnection
+    from vr3ai.telephony.ari.config import AriConfig
+    from vr3ai.telephony.ari.connection import AriConnection
     from vr3ai.telephony.deps import CallDeps
 
     settings = Settings(data_dir=tmp_path / "data", voice=False, start_telephony=False)

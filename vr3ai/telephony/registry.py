@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from vr3ai.core.secrets import SecretBox
 from vr3ai.db.models import TelephonyConfiguration
-from vr3ai.telephony.ari.connection import AriConfig, AriConnection
+from vr3ai.telephony.ari.config import AriConfig
+from vr3ai.telephony.ari.connection import AriConnection
 from vr3ai.telephony.deps import CallDeps
 
 

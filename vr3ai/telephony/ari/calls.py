@@ -35,6 +35,7 @@ from vr3ai.core.runs import RunOutcome
 from vr3ai.db.models import Workflow, new_id
 from vr3ai.logs import RedactingLogger
 from vr3ai.telephony.ari.client import AriError
+from vr3ai.telephony.ari.host import CallHost
 from vr3ai.telephony.ari.media_leg import MediaLeg
 from vr3ai.telephony.ari.outcome import (
     CallFailed,
@@ -49,7 +50,6 @@ from vr3ai.telephony.deps import AgentFactory, CallDeps
 
 if TYPE_CHECKING:
     from vr3ai.media.session import MediaSession
-    from vr3ai.telephony.ari.connection import AriConnection
 
 log = logging.getLogger("vr3ai.telephony.ari.calls")
 
@@ -67,7 +67,7 @@ def short_id() -> str:
 class Call:
     def __init__(
         self,
-        conn: AriConnection,
+        conn: CallHost,
         deps: CallDeps,
         *,
         direction: str,

@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 from vr3ai.agent.base import RunReport
 from vr3ai.logs import RedactingLogger
 from vr3ai.telephony.ari.client import AriError
+from vr3ai.telephony.ari.host import CallHost
 from vr3ai.telephony.ari.outcome import CallFailed, ChannelGone
 from vr3ai.telephony.deps import CallDeps
 
 if TYPE_CHECKING:
     from vr3ai.media.session import MediaSession
-    from vr3ai.telephony.ari.connection import AriConnection
 
 
 class CallSide(Protocol):
     """What the media leg uses of its call (``calls.Call``): ids, facts, the report, the log."""
 
-    conn: AriConnection
+    conn: CallHost
     deps: CallDeps
     log: RedactingLogger
     report: RunReport
