@@ -110,6 +110,21 @@ async def test_agent_hangs_up(lab: AsteriskLab, platform: RunningPlatform, recor
     await assert_no_leftovers(lab)
 
 
+async def test_e164_call_reaches_national_number(
+    lab: AsteriskLab, platform: RunningPlatform, recorder: AgentRecorder
+) -> None:
+    """The trunk delivers +15551234567, the operator stored 5551234567: the call reaches its agent
+    (vr3ai.telephony.numbers), and the run records the number as dialled."""
+    recorder.kw["hangup_after_s"] = 1.0
+    wf_id, _ = await platform.setup_inbound(definition=SIMPLE_WORKFLOW, lab=lab, extension="5551234567")
+    call = await lab.call("+15551234567", hold_s=10)
+    await call.wait_hangup(8)
+    run = await platform.wait_run(workflow_id=wf_id)
+    assert run["status"] == "completed" and run["end_reason"] == "agent hung up (test)", run
+    assert run["context"]["called_number"] == "+15551234567"
+    await assert_no_leftovers(lab)
+
+
 async def test_unknown_extension_refused(lab: AsteriskLab, platform: RunningPlatform) -> None:
     _, cfg_id = await platform.setup_inbound(definition=SIMPLE_WORKFLOW, lab=lab)
     call = await lab.call("8123", hold_s=5)
@@ -117,6 +132,8 @@ async def test_unknown_extension_refused(lab: AsteriskLab, platform: RunningPlat
     status = await platform.get(f"/api/v1/telephony-configurations/{cfg_id}/status")
     msgs = [e["message"] for e in status["recent_events"]]
     assert any(f"no matching phone number registered for config {cfg_id}" in m and "8123" in m for m in msgs), msgs
+    # The warning names the forms it compared (exact, then digits only).
+    assert any("tried exact '8123', digits only '8123'" in m for m in msgs), msgs
     runs = (await platform.get("/api/v1/workflow-runs"))["items"]
     assert runs == []
     await assert_no_leftovers(lab)

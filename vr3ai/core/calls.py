@@ -14,17 +14,21 @@ sentence; logging it, showing it on the configuration's status and hanging up st
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
 
+from vr3ai.core.numbers import NumberMatch, match_number
 from vr3ai.core.recordings import recording_refusal
 from vr3ai.core.runs import RunOutcome, RunService
 from vr3ai.core.secret_hosts import SecretUse, check_uses, secret_uses
 from vr3ai.core.secrets import SecretBox
 from vr3ai.db.models import OrganizationSecret, PhoneNumber, Workflow, WorkflowRun
 from vr3ai.db.session import Database
+
+log = logging.getLogger("vr3ai.core.calls")
 
 
 class RouteRefused(Exception):
@@ -76,15 +80,37 @@ class CallStore:
                     PhoneNumber.telephony_configuration_id == config_id, PhoneNumber.address == exten
                 )
             )
+            match: NumberMatch | None = None
             if number is None:
+                # Not stored as delivered: try the documented other forms (vr3ai.core.numbers).
+                rows = (
+                    await s.scalars(select(PhoneNumber).where(PhoneNumber.telephony_configuration_id == config_id))
+                ).all()
+                match = match_number(exten, (r.address for r in rows))
+                number = next((r for r in rows if r.address == match.address), None)
+            if number is None:
+                assert match is not None
                 raise RouteRefused(
-                    f"no matching phone number registered for config {config_id} (called extension '{exten}')",
+                    f"no matching phone number registered for config {config_id} (called extension '{exten}'; "
+                    f"tried {match.tried_text()}"
+                    + (f"; ambiguous: {', '.join(repr(a) for a in match.ambiguous)}" if match.ambiguous else "")
+                    + ")",
                     level="warning",
                     hangup_reason="unallocated",
                 )
+            if match is not None:
+                log.info(
+                    "called number matched a stored phone number by normalisation",
+                    extra={
+                        "config_id": config_id,
+                        "called_number": exten,
+                        "phone_number": number.address,
+                        "rule": match.step,
+                    },
+                )
             if number.inbound_workflow_id is None:
                 raise RouteRefused(
-                    f"phone number '{exten}' of config {config_id} has no inbound_workflow_id assigned: "
+                    f"phone number '{number.address}' of config {config_id} has no inbound_workflow_id assigned: "
                     "set its Inbound workflow in the Phone numbers section",
                     level="warning",
                     hangup_reason="unallocated",
