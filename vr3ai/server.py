@@ -72,7 +72,7 @@ def asterisk_url_notice(settings: Settings) -> tuple[str, str | None]:
         warning = (
             f"the URL Asterisk must use ({public}) is a loopback address: only an Asterisk on this "
             "machine can reach it. Set VR3AI_PUBLIC_URL to the address your Asterisk reaches this "
-            f"machine at, e.g. VR3AI_PUBLIC_URL=http://192.0.2.10:{settings.port}"
+            f"machine at, e.g. VR3AI_PUBLIC_URL={'https' if settings.tls_cert else 'http'}://192.0.2.10:{settings.port}"
         )
     elif settings.host == "localhost" or settings.host == "::1" or settings.host.startswith("127."):
         warning = (
@@ -98,13 +98,18 @@ async def _serve(settings: Settings) -> None:
                 flush=True,
             )
 
+    try:
+        main_tls = settings.main_listener_tls()  # before anything else: a wrong path is a typo to fix
+    except ValueError as e:
+        print(f"ERROR: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     app = create_app(settings, bootstrap=first_run)
     svc = app.state.services
     notice, warning = asterisk_url_notice(settings)
     print(notice, file=sys.stdout, flush=True)
     if warning:
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
-    main = uvicorn.Server(uvicorn_config(app, host=settings.host, port=settings.port, lifespan="on"))
+    main = uvicorn.Server(uvicorn_config(app, host=settings.host, port=settings.port, lifespan="on", **main_tls))
     servers = [main]
     if settings.media_tls_port and settings.media_tls_cert and settings.media_tls_key:
         tls = uvicorn.Server(

@@ -7,6 +7,7 @@ Embedded default: SQLite in ``VR3AI_DATA_DIR`` (``./data``). Production: Postgre
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,11 @@ class Settings:
     default: generated once into ``data_dir/secret.key``."""
     secret_key_previous: str = ""
     """The key in force before ``secret_key`` during a rotation: it only decrypts (``vr3ai secrets rotate``)."""
+    tls_cert: str = ""
+    tls_key: str = ""
+    """PEM certificate (chain) and key: the main port serves everything (dashboard, API, the media
+    WebSocket) over TLS, so Asterisk's ``uri = wss://<host>:<port>/api/v1/telephony/ws/ari`` works,
+    and the public URL defaults to ``https://``."""
     media_tls_cert: str = ""
     media_tls_key: str = ""
     media_tls_port: int = 0
@@ -121,6 +127,8 @@ class Settings:
         s.public_url = os.environ.get("VR3AI_PUBLIC_URL", "")
         s.secret_key = os.environ.get("VR3AI_SECRET_KEY", "")
         s.secret_key_previous = os.environ.get("VR3AI_SECRET_KEY_PREVIOUS", "")
+        s.tls_cert = os.environ.get("VR3AI_TLS_CERT", "")
+        s.tls_key = os.environ.get("VR3AI_TLS_KEY", "")
         s.media_tls_cert = os.environ.get("VR3AI_MEDIA_TLS_CERT", "")
         s.media_tls_key = os.environ.get("VR3AI_MEDIA_TLS_KEY", "")
         s.media_tls_port = int(os.environ.get("VR3AI_MEDIA_TLS_PORT", "0") or 0)
@@ -158,10 +166,28 @@ class Settings:
     def session_cookie_secure(self) -> bool:
         if self.cookie_secure is not None:
             return self.cookie_secure
-        return self.public_url.strip().lower().startswith("https://")
+        return self.effective_public_url().lower().startswith("https://")
 
     def effective_public_url(self) -> str:
         if self.public_url:
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.host in {"0.0.0.0", "::", ""} else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls_cert else 'http'}://{host}:{self.port}"
+
+    def main_listener_tls(self) -> dict[str, str]:
+        """uvicorn's ``ssl_certfile`` / ``ssl_keyfile`` for the main port (empty: plain HTTP).
+
+        Checked here, with a message naming the settings, because uvicorn's own failure for a missing
+        key or a key that does not fit the certificate is a bare ``ssl.SSLError`` at start-up."""
+        if not self.tls_cert and not self.tls_key:
+            return {}
+        if not (self.tls_cert and self.tls_key):
+            raise ValueError("VR3AI_TLS_CERT and VR3AI_TLS_KEY must be set together (or neither)")
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(
+                f"cannot serve TLS with VR3AI_TLS_CERT={self.tls_cert} and VR3AI_TLS_KEY={self.tls_key}: {e} "
+                "(both must be PEM files readable by this user, the key the certificate's)"
+            ) from None
+        return {"ssl_certfile": self.tls_cert, "ssl_keyfile": self.tls_key}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -145,10 +146,15 @@ async def running_platform(
     tls_cert: str = "",
     tls_key: str = "",
     media_ws: str = "direct",
+    main_tls_ca: str = "",
     **settings_kw: Any,
 ) -> AsyncIterator[RunningPlatform]:
     """``media_ws="websockets-sansio"`` serves the media socket through ASGI (the fallback path)
-    instead of vr3ai.media.direct, for A/B benchmarks."""
+    instead of vr3ai.media.direct, for A/B benchmarks. ``main_tls_ca``: serve the main port over TLS
+    with ``tls_cert`` / ``tls_key`` (VR3AI_TLS_CERT / VR3AI_TLS_KEY), the test's client trusting
+    that CA file."""
+    if main_tls_ca:
+        settings_kw.update(tls_cert=tls_cert, tls_key=tls_key)
     settings = Settings(
         data_dir=data_dir,
         database_url=database_url,
@@ -166,7 +172,7 @@ async def running_platform(
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
-    config = uvicorn_config(app, lifespan="on")
+    config = uvicorn_config(app, lifespan="on", **settings.main_listener_tls())
     if media_ws != "direct":
         config.ws = media_ws
     server = uvicorn.Server(config)
@@ -195,8 +201,11 @@ async def running_platform(
                 task.result()
             await asyncio.sleep(0.02)
         org, key = await create_organization(services.db, "Test org", max_concurrent_calls=max_concurrent_calls)
-        base = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=20) as http:
+        base = f"{'https' if main_tls_ca else 'http'}://127.0.0.1:{port}"
+        verify: Any = ssl.create_default_context(cafile=main_tls_ca) if main_tls_ca else True
+        async with httpx.AsyncClient(
+            base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=20, verify=verify
+        ) as http:
             yield RunningPlatform(base, services, key, org.id, http)
     finally:
         if tls_server is not None and tls_task is not None:

@@ -74,6 +74,39 @@ async def test_wss_media(lab: AsteriskLab, tmp_path: Path) -> None:
     await assert_no_leftovers(lab)
 
 
+async def test_wss_on_the_main_port(lab: AsteriskLab, tmp_path: Path) -> None:
+    """VR3AI_TLS_CERT / VR3AI_TLS_KEY: one port serves the API, the dashboard and the media socket over
+    TLS; Asterisk dials the guide's uri = wss://<host>:<port>/api/v1/telephony/ws/ari with
+    tls_enabled = yes and ca_list_file = the CA (websocket_client.conf [vr3ai_wss] of the lab)."""
+    recorder = AgentRecorder()
+    async with running_platform(
+        tmp_path,
+        port=lab.media_port,
+        agent_factory=recorder,
+        tls_cert=str(lab.server_cert_path),
+        tls_key=str(lab.server_key_path),
+        main_tls_ca=str(lab.ca_cert_path),
+    ) as platform:
+        assert platform.base_url.startswith("https://")
+        login = await platform.http.get("/login")
+        assert login.status_code == 200 and "<form" in login.text
+        wf_id, cfg_id = await platform.setup_inbound(definition=SIMPLE_WORKFLOW, lab=lab, ws_client="vr3ai_wss")
+        snippets = await platform.get(f"/api/v1/telephony-configurations/{cfg_id}/asterisk-snippets")
+        expected = f"wss://127.0.0.1:{lab.media_port}/api/v1/telephony/ws/ari"
+        assert snippets["media_uri"] == expected
+        ws_conf = next(i for i in snippets["items"] if i["filename"] == "websocket_client.conf")["text"]
+        assert f"uri = {expected}" in ws_conf and "tls_enabled = yes" in ws_conf and "ca_list_file = " in ws_conf
+        call = await lab.call("8000", hold_s=3)
+        heard = await call.recording()
+        run = await platform.wait_run(workflow_id=wf_id)
+        assert run["status"] == "completed", run["end_reason"]
+        segs = audio.segments(heard)
+        assert (
+            segs and abs(audio.dominant_freq(heard[int(segs[0].start_s * 8000) : int(segs[0].end_s * 8000)]) - 440) < 15
+        )
+    await assert_no_leftovers(lab)
+
+
 async def test_flush_media_cuts_agent_audio(
     lab: AsteriskLab, platform: RunningPlatform, recorder: AgentRecorder
 ) -> None:

@@ -41,7 +41,10 @@ ULAW_NOTE = (
 )
 TLS_NOTE = (
     "tls_enabled = yes is required even though the URI scheme is wss:// — without it Asterisk will not "
-    "negotiate TLS and the connection will fail."
+    "negotiate TLS and the connection will fail. ca_list_file must be a CA bundle that contains the CA "
+    "which signed VR3 AI's certificate (the system bundle for a public CA; your own CA's PEM file "
+    "otherwise), and the URI's host must be the certificate's CN or one of its DNS names (Asterisk "
+    "does not consult IP-address entries). VR3 AI serves wss:// on its main port when started with VR3AI_TLS_CERT and VR3AI_TLS_KEY."
 )
 
 
