@@ -44,7 +44,8 @@ TLS_NOTE = (
     "negotiate TLS and the connection will fail. ca_list_file must be a CA bundle that contains the CA "
     "which signed VR3 AI's certificate (the system bundle for a public CA; your own CA's PEM file "
     "otherwise), and the URI's host must be the certificate's CN or one of its DNS names (Asterisk "
-    "does not consult IP-address entries). VR3 AI serves wss:// on its main port when started with VR3AI_TLS_CERT and VR3AI_TLS_KEY."
+    "does not consult IP-address entries). VR3 AI serves wss:// on its main port when started with "
+    "VR3AI_TLS_CERT and VR3AI_TLS_KEY."
 )
 
 
