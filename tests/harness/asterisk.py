@@ -1084,7 +1084,8 @@ class AsteriskLab:
         `dtmf` sent `dtmf_after_s` after the WAV ended (or after answer without WAV); hang up
         `hold_s` after answer. `stasis_app` replaces the Stasis app name for this call only.
         """
-        _check_id(exten)
+        # A leading "+" as trunks deliver E.164 numbers (the dialplan has an _+X. pattern for them).
+        _check_id(exten.removeprefix("+"))
         cid = f"hcall-{_short_id()}"
         rec = cid if record else None
         vars_ = self._caller_vars(rec_name=rec, hold_s=hold_s, wav=wav, wav_after_s=wav_after_s, dtmf=dtmf,

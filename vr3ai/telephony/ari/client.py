@@ -120,6 +120,32 @@ def safe_version(info: Any) -> str | None:
     return version if isinstance(version, str) and _VERSION.fullmatch(version) else None
 
 
+FIRST_WITH_CHANNEL_ID = {20: (20, 17, 0), 22: (22, 7, 0)}
+"""Per release branch, the first release whose MEDIA_START names the call's channel (``channel_id``,
+asterisk #1544). Only the branches whose version is known are listed: others are not judged."""
+
+
+def release_problem(version: str | None) -> str | None:
+    """Why Asterisk ``version`` (``system.version`` of ``/asterisk/info``) cannot carry VR3 AI's
+    calls, or None when it can or we cannot tell (an unlisted branch, a GIT build).
+
+    Before ``channel_id`` in MEDIA_START, a media socket does not say which call it belongs to, so
+    VR3 AI refuses it and every call fails at media setup."""
+    m = re.match(r"(\d+)\.(\d+)\.(\d+)", version or "")
+    if m is None:
+        return None
+    parts = (int(m[1]), int(m[2]), int(m[3]))
+    first = FIRST_WITH_CHANNEL_ID.get(parts[0])
+    if first is None or parts >= first:
+        return None
+    needed = " or ".join(".".join(map(str, v)) for v in sorted(FIRST_WITH_CHANNEL_ID.values(), reverse=True))
+    return (
+        f"Asterisk {version} cannot carry VR3 AI's calls: its media WebSocket does not say which call it "
+        f"belongs to (channel_id in MEDIA_START), so every call would fail at media setup. Upgrade "
+        f"Asterisk to {needed} or later."
+    )
+
+
 def ari_base_url(endpoint_url: str) -> str:
     """``http://host:8088`` (as the guide asks users to enter) → ``http://host:8088/ari``."""
     url = endpoint_url.strip().rstrip("/")

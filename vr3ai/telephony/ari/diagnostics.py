@@ -51,7 +51,7 @@ from sqlalchemy import select
 
 from vr3ai.db.models import Organization, PhoneNumber, TelephonyConfiguration, Workflow
 from vr3ai.logs import Redactor
-from vr3ai.telephony.ari.client import READ_ONLY_TEXT, AriClient, AriError, safe_version, safe_ws_uri
+from vr3ai.telephony.ari.client import READ_ONLY_TEXT, AriClient, AriError, release_problem, safe_version, safe_ws_uri
 from vr3ai.telephony.ari.snippets import MEDIA_PATH, TLS_NOTE, media_ws_uri
 
 if TYPE_CHECKING:
@@ -343,6 +343,14 @@ async def _check_ari(client: AriClient, row: TelephonyConfiguration, checks: lis
     checks.append(Check("ARI credentials", True, f"ARI accepted the user '{row.stasis_app_name}'.", "", "credentials"))
     checks.append(Check("ARI module (res_ari)", True, "res_ari answers ARI requests.", "", "res_ari"))
     checks.append(await _check_write(client, row))
+    if problem := release_problem(version):
+        checks.append(Check("Asterisk release", False, problem, problem.rsplit(". ", 1)[-1], "asterisk_release"))
+    elif version:
+        checks.append(
+            Check(
+                "Asterisk release", True, f"Asterisk {version} names the call in MEDIA_START.", "", "asterisk_release"
+            )
+        )
     return True
 
 

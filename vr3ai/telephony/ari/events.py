@@ -33,7 +33,14 @@ import websockets
 
 from vr3ai.core.outbound import OutboundPolicy, OutboundRefused, default_policy
 from vr3ai.logs import RedactingLogger, Redactor
-from vr3ai.telephony.ari.client import READ_ONLY_TEXT, AriClient, AriError, events_url, safe_version
+from vr3ai.telephony.ari.client import (
+    READ_ONLY_TEXT,
+    AriClient,
+    AriError,
+    events_url,
+    release_problem,
+    safe_version,
+)
 
 log = logging.getLogger("vr3ai.telephony.ari.events")
 
@@ -284,6 +291,8 @@ class AriEventStream:
             self.asterisk_info = await self.client.info()
         except AriError as e:
             raise PreflightError(self._rest_error_text(e)) from None
+        if problem := release_problem(safe_version(self.asterisk_info)):
+            raise PreflightError(problem)
         # A read-only user connects and receives StasisStart like any other, and then every answer
         # fails with 403: refuse to call that "connected".
         try:
