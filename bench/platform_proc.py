@@ -38,6 +38,7 @@ from typing import Any
 
 from bench.agents import MinimalAgentFactory, voice_workflow
 from tests.integration.platform import running_platform
+from vr3ai.media.engine import MediaTuning
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,8 +107,8 @@ class Meter:
         self.gc_pauses: list[tuple[int, float]] = []
         self._mark: dict[str, Any] = {}
         self.clock = None
-        self.tick_reads_from = 16
-        self.paired_sends_from = 16
+        self.tick_reads_from = MediaTuning().tick_reads_from
+        self.paired_sends_from = MediaTuning().paired_sends_from
         self.tick_cpu_s = {"tick": 0.0, "ring_flush": 0.0, "tick_reads": 0.0}
 
     def patch_vad(self) -> None:

@@ -98,13 +98,7 @@ def create_app(
     svc = services or Services.build(settings)
     # The process's one media engine: clock, tick reader, send batch and their tuning.
     svc.media = svc.media or MediaRegistry(
-        engine=MediaEngine(
-            MediaTuning(
-                tick_reads_from=max(0, settings.media_tick_reads_from),
-                paired_sends_from=max(0, settings.media_paired_sends_from),
-                ring_sends=settings.media_ring_sends,
-            )
-        ),
+        engine=MediaEngine(MediaTuning.from_settings(settings.media)),
         require_credentials=True,
     )
 
@@ -116,33 +110,28 @@ def create_app(
         await svc.db.warm()
         await close_orphan_runs(svc)
         await media_auth.backfill(svc.db, svc.box)  # before any listener takes a call
-        factory = agent_factory or _load_factory(settings.agent_factory)
+        factory = agent_factory or _load_factory(settings.server.agent_factory)
         voice: Any = None
-        if factory is None and settings.voice:
+        if factory is None and settings.voice.voice:
             from functools import partial
 
             from vr3ai.agent.factory import RuntimeConfig, VoiceRuntime, build_agent
 
             # Models load once per process, here, not per call.
-            voice = VoiceRuntime(
-                RuntimeConfig(
-                    cache_dir=settings.data_dir / "tts-cache",
-                    warm_queue_max=settings.tts_warm_queue_max,
-                    cache_max_mb=settings.tts_cache_max_mb,
-                )
-            )
+            voice = VoiceRuntime(RuntimeConfig.from_settings(settings))
             VoiceRuntime.set_shared(voice)
             await voice.start()
             svc.voice = voice
             factory = partial(build_agent, runtime=voice)
             await prewarm_saved_workflows(svc)
         sweeper: asyncio.Task[None] | None = None
-        if settings.recording_retention_days > 0:
+        storage = settings.storage
+        if storage.recording_retention_days > 0:
             sweeper = asyncio.create_task(
-                sweep_forever(svc.db, settings.data_dir, settings.recording_retention_days, RETENTION_SWEEP_EVERY_S),
+                sweep_forever(svc.db, storage.data_dir, storage.recording_retention_days, RETENTION_SWEEP_EVERY_S),
                 name="recording-retention",
             )
-        if settings.start_telephony:
+        if settings.server.start_telephony:
             from vr3ai.telephony.manager import TelephonyManager
 
             if factory is None:
@@ -170,8 +159,8 @@ def create_app(
     # Before anything reads a body (FastAPI parses it ahead of authentication): vr3ai.bodylimit.
     app.add_middleware(
         BodySizeLimit,
-        default=settings.max_body_bytes,
-        rules=workflow_rules(settings.max_workflow_body_bytes),
+        default=settings.server.max_body_bytes,
+        rules=workflow_rules(settings.server.max_workflow_body_bytes),
     )
     app.include_router(api_router)
     app.include_router(media_router(svc.media))

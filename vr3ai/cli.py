@@ -47,26 +47,26 @@ ROOT_REFUSAL = (
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    if os.geteuid() == 0 and not settings.allow_root:
+    if os.geteuid() == 0 and not settings.server.allow_root:
         print(f"error: {ROOT_REFUSAL}", file=sys.stderr)
         return 2
     # Whatever libraries create on their own (SQLite's -wal, the TTS cache, temporary files) is for
     # this user only, like the data folder and recordings (vr3ai.files sets those explicitly).
     os.umask(0o077)
-    loose = loose_mode(settings.data_dir)
+    loose = loose_mode(settings.storage.data_dir)
     if loose is not None:
         log.warning(
             "the data folder is readable by other users; `chmod 700` it",
-            extra={"data_dir": str(settings.data_dir), "mode": oct(loose)},
+            extra={"data_dir": str(settings.storage.data_dir), "mode": oct(loose)},
         )
     # Imported here, not at the top: the server loads the whole web stack, which the other
     # commands do not need (there is no cycle: the server does not import the CLI).
     from vr3ai.server import serve
 
     if args.host:
-        settings.host = args.host
+        settings.server.host = args.host
     if args.port:
-        settings.port = args.port
+        settings.server.port = args.port
     return serve(settings)
 
 
@@ -198,8 +198,8 @@ def cmd_secrets_rotate(args: argparse.Namespace, settings: Settings) -> int:
     from vr3ai.core.keyrotation import all_current, rotate_all
     from vr3ai.core.secrets import SECRET_KEY_FILE, SecretBox, read_key_file, write_key_file
 
-    key_file = settings.data_dir / SECRET_KEY_FILE
-    if (args.new_key or args.forget_previous) and settings.secret_key:
+    key_file = settings.storage.data_dir / SECRET_KEY_FILE
+    if (args.new_key or args.forget_previous) and settings.storage.secret_key:
         raise ValueError(
             "--new-key and --forget-previous manage the key file; with VR3AI_SECRET_KEY set, change "
             "VR3AI_SECRET_KEY and VR3AI_SECRET_KEY_PREVIOUS instead (README: Security)"
@@ -211,7 +211,8 @@ def cmd_secrets_rotate(args: argparse.Namespace, settings: Settings) -> int:
         write_key_file(key_file, [Fernet.generate_key().decode(), *old])
 
     async def run(db: Database) -> dict[str, Any]:
-        box = SecretBox.from_settings(settings.secret_key, settings.data_dir, settings.secret_key_previous)
+        storage = settings.storage
+        box = SecretBox.from_settings(storage.secret_key, storage.data_dir, storage.secret_key_previous)
         result = await rotate_all(db, box)
         out: dict[str, Any] = {"rotated": result.rotated, "already_current": result.already_current}
         if args.forget_previous:
@@ -306,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings.from_env()
-    setup_logging(json_lines=settings.log_json and args.command == "serve")
+    setup_logging(json_lines=settings.server.log_json and args.command == "serve")
     try:
         return int(args.fn(args, settings) or 0)
     except (ValueError, LookupError) as e:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import shlex
 import signal
 import sys
@@ -46,12 +45,13 @@ def uvicorn_config(app: Any, **kw: Any) -> uvicorn.Config:
 
 def _cli(settings: Settings | None = None) -> str:
     """How this very installation's CLI is invoked (the venv is usually not on PATH), with the data
-    folder when it was set: scripts/run.sh's server runs in /var/lib/vr3ai/data, the operator's shell
+    folder when it was set (``VR3AI_DATA_DIR``, or given explicitly): scripts/run.sh's server runs in
+    /var/lib/vr3ai/data, the operator's shell
     does not."""
     argv0 = sys.argv[0] if sys.argv else ""
     cli = argv0 if argv0.endswith("/vr3ai") else f"{sys.executable} -m vr3ai"
-    if settings is not None and os.environ.get("VR3AI_DATA_DIR"):
-        cli = f"VR3AI_DATA_DIR={shlex.quote(str(settings.data_dir.resolve()))} {cli}"
+    if settings is not None and "data_dir" in settings.storage.model_fields_set:
+        cli = f"VR3AI_DATA_DIR={shlex.quote(str(settings.storage.data_dir.resolve()))} {cli}"
     return cli
 
 
@@ -62,9 +62,9 @@ def asterisk_url_notice(settings: Settings) -> tuple[str, str | None]:
     from vr3ai.telephony.ari.snippets import is_loopback_url, media_ws_uri
 
     public = settings.effective_public_url()
-    uri = media_ws_uri(public, tls_port=settings.media_tls_port if settings.media_tls_cert else 0)
+    uri = media_ws_uri(public, tls_port=settings.media.tls_port if settings.media.tls_cert else 0)
     notice = (
-        f"VR3 AI listens on {settings.host}:{settings.port}. Asterisk must reach it at {public}: "
+        f"VR3 AI listens on {settings.server.host}:{settings.server.port}. Asterisk must reach it at {public}: "
         f"websocket_client.conf  uri = {uri}"
     )
     warning = None
@@ -72,11 +72,12 @@ def asterisk_url_notice(settings: Settings) -> tuple[str, str | None]:
         warning = (
             f"the URL Asterisk must use ({public}) is a loopback address: only an Asterisk on this "
             "machine can reach it. Set VR3AI_PUBLIC_URL to the address your Asterisk reaches this "
-            f"machine at, e.g. VR3AI_PUBLIC_URL={'https' if settings.tls_cert else 'http'}://192.0.2.10:{settings.port}"
+            f"machine at, e.g. VR3AI_PUBLIC_URL={'https' if settings.server.tls_cert else 'http'}"
+            f"://192.0.2.10:{settings.server.port}"
         )
-    elif settings.host == "localhost" or settings.host == "::1" or settings.host.startswith("127."):
+    elif settings.server.host in {"localhost", "::1"} or settings.server.host.startswith("127."):
         warning = (
-            f"listening on {settings.host} only, so Asterisk cannot reach {public}; "
+            f"listening on {settings.server.host} only, so Asterisk cannot reach {public}; "
             "set VR3AI_HOST=0.0.0.0 (the default)"
         )
     return notice, warning
@@ -109,17 +110,19 @@ async def _serve(settings: Settings) -> None:
     print(notice, file=sys.stdout, flush=True)
     if warning:
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
-    main = uvicorn.Server(uvicorn_config(app, host=settings.host, port=settings.port, lifespan="on", **main_tls))
+    main = uvicorn.Server(
+        uvicorn_config(app, host=settings.server.host, port=settings.server.port, lifespan="on", **main_tls)
+    )
     servers = [main]
-    if settings.media_tls_port and settings.media_tls_cert and settings.media_tls_key:
+    if settings.media.tls_port and settings.media.tls_cert and settings.media.tls_key:
         tls = uvicorn.Server(
             uvicorn_config(
                 app,
-                host=settings.host,
-                port=settings.media_tls_port,
+                host=settings.server.host,
+                port=settings.media.tls_port,
                 lifespan="off",
-                ssl_certfile=settings.media_tls_cert,
-                ssl_keyfile=settings.media_tls_key,
+                ssl_certfile=settings.media.tls_cert,
+                ssl_keyfile=settings.media.tls_key,
             )
         )
         servers.append(tls)
@@ -132,9 +135,9 @@ async def _serve(settings: Settings) -> None:
 
     async def graceful() -> None:
         if svc.telephony is not None:
-            log.info("shutting down: ending live calls", extra={"grace_s": settings.shutdown_grace_s})
+            log.info("shutting down: ending live calls", extra={"grace_s": settings.server.shutdown_grace_s})
             try:
-                await svc.telephony.drain(settings.shutdown_grace_s)
+                await svc.telephony.drain(settings.server.shutdown_grace_s)
             except Exception:
                 log.exception("graceful telephony stop failed")
         for s in servers:

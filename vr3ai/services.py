@@ -36,7 +36,7 @@ class Services:
     voice: VoiceRuntime | None = None
     """The offline voice stack's models, when loaded."""
     outbound: OutboundPolicy = field(init=False)
-    """Where requests made for a tenant may go (``settings.outbound_allow``)."""
+    """Where requests made for a tenant may go (``settings.server.outbound_allow``)."""
 
     def __post_init__(self) -> None:
         # Invalid VR3AI_OUTBOUND_ALLOW entries fail here, at start-up, with the entry named.
@@ -44,8 +44,9 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        private_dir(settings.data_dir)  # before anything is written into it
+        private_dir(settings.storage.data_dir)  # before anything is written into it
         db = Database(settings.resolved_database_url())
-        box = SecretBox.from_settings(settings.secret_key, settings.data_dir, settings.secret_key_previous)
+        storage = settings.storage
+        box = SecretBox.from_settings(storage.secret_key, storage.data_dir, storage.secret_key_previous)
         quota = QuotaService(db)
         return cls(settings=settings, db=db, box=box, quota=quota, runs=RunService(db, quota))

@@ -103,7 +103,7 @@ async def test_walk_the_guide(platform: Platform, browser: Browser) -> None:
     assert "exten => 8000,1,NoOp(Incoming call to 8000)" in extensions
     assert "Stasis(vr3ai)" in extensions
     ws_conf = await config.snippet("websocket_client.conf")
-    assert f"uri = ws://127.0.0.1:{platform.settings.port}/api/v1/telephony/ws/ari" in ws_conf
+    assert f"uri = ws://127.0.0.1:{platform.settings.server.port}/api/v1/telephony/ws/ari" in ws_conf
     assert "protocols = media" in ws_conf
     assert "your_secure_password" in await config.snippet("ari.conf")
     await screenshot(page, "desktop-08-configuration")
@@ -236,7 +236,7 @@ async def _finished_run(platform: Platform, org_id: str) -> str:
         call_id="1795663512.7",
     )
     await svc.runs.mark_running(run.id)
-    rec = Path(svc.settings.data_dir) / "recordings" / f"{run.id}.wav"
+    rec = Path(svc.settings.storage.data_dir) / "recordings" / f"{run.id}.wav"
     rec.parent.mkdir(parents=True, exist_ok=True)
     with wave.open(str(rec), "wb") as w:
         w.setnchannels(1)

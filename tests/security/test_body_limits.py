@@ -140,7 +140,7 @@ async def test_limits_are_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("VR3AI_MAX_BODY_BYTES", "4096")
     monkeypatch.setenv("VR3AI_MAX_WORKFLOW_BODY_BYTES", "2048")
     s = Settings.from_env()
-    assert (s.max_body_bytes, s.max_workflow_body_bytes) == (4096, 2048)
+    assert (s.server.max_body_bytes, s.server.max_workflow_body_bytes) == (4096, 2048)
     monkeypatch.setenv("VR3AI_MAX_BODY_BYTES", "lots")
     with pytest.raises(ValueError, match="VR3AI_MAX_BODY_BYTES"):
         Settings.from_env()

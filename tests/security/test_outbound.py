@@ -214,7 +214,7 @@ async def test_host_name_resolving_to_refused_address_is_refused(tmp_path: Path)
 async def test_platform_own_port_refused(tmp_path: Path) -> None:
     # Listed or not: 127.0.0.0/8 in the list does not open the platform's own port.
     async with platform_with(tmp_path, allow="127.0.0.0/8") as (p, api):
-        port = p.settings.port
+        port = p.settings.server.port
         for url in (f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"http://127.0.0.1:{port}/ari"):
             r = await api.post("/telephony-configurations", json=config(url))
             assert "own port" in refused_at(r, ["body", "ari_endpoint_url"])

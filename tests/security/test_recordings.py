@@ -70,7 +70,7 @@ async def test_recording_quota_stops_recording_not_the_call(rig: AriRig) -> None
     assert third.recording_path is None and third.recording_bytes == 0
     notes = [e["message"] for e in third.events if e["level"] == "warning"]
     assert any("not recorded" in m and "max_recording_mb" in m for m in notes), third.events
-    assert len(list(recordings_dir(rig.services.settings.data_dir).glob("*.wav"))) == 2
+    assert len(list(recordings_dir(rig.services.settings.storage.data_dir).glob("*.wav"))) == 2
     assert await rig.invariants() == []
 
 
@@ -120,4 +120,4 @@ async def test_retention_sweep_deletes_old_recordings_and_notes_it(db: Database,
 
 def test_retention_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VR3AI_RECORDING_RETENTION_DAYS", "30")
-    assert Settings.from_env().recording_retention_days == 30
+    assert Settings.from_env().storage.recording_retention_days == 30

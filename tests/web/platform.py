@@ -171,18 +171,20 @@ async def start_platform(
     sock = _bound_socket(port)
     port = int(sock.getsockname()[1])
     settings = Settings(
-        data_dir=Path(data_dir),
-        host="127.0.0.1",
-        port=port,
-        start_telephony=telephony,
-        voice=False,
-        log_json=False,
-        # A Fernet key, as secret.key holds: a passphrase would cost a 128 MiB scrypt per test
-        # (tests/security/test_secret_key.py covers passphrases).
-        secret_key=Fernet.generate_key().decode(),
+        **{
+            "data_dir": Path(data_dir),
+            "host": "127.0.0.1",
+            "port": port,
+            "start_telephony": telephony,
+            "voice": False,
+            "log_json": False,
+            # A Fernet key, as secret.key holds: a passphrase would cost a 128 MiB scrypt per test
+            # (tests/security/test_secret_key.py covers passphrases).
+            "secret_key": Fernet.generate_key().decode(),
+            # Flat names (``public_url``), routed to their groups by Settings.
+            **(settings_overrides or {}),
+        }
     )
-    for key, value in (settings_overrides or {}).items():
-        setattr(settings, key, value)
     services = services_factory(settings) if services_factory else Services.build(settings)
     app = create_app(settings, services, **({"agent_factory": agent_factory} if agent_factory else {}))
     ensure_web(app)

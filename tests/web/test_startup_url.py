@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_one_listen_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VR3AI_HOST", raising=False)
-    assert Settings().host == Settings.from_env().host == "0.0.0.0"
+    assert Settings().server.host == Settings.from_env().server.host == "0.0.0.0"
     # run.sh does not carry a second default of its own that could drift from it.
     run_sh = (ROOT / "scripts" / "run.sh").read_text()
     assert "VR3AI_HOST=" not in run_sh

@@ -209,7 +209,7 @@ async def _run(
         return run.id
     path = None
     if recording:
-        rec = Path(svc.settings.data_dir) / "recordings" / f"{run.id}.wav"
+        rec = Path(svc.settings.storage.data_dir) / "recordings" / f"{run.id}.wav"
         rec.parent.mkdir(parents=True, exist_ok=True)
         rec.write_bytes(b"RIFF" + b"\0" * 40)
         path = str(rec)

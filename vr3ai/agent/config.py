@@ -9,21 +9,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from vr3ai.workflows.definition import Settings as WorkflowSettings
+
+_WORKFLOW = WorkflowSettings.model_fields
+"""The knobs a workflow sets have their defaults written once, in the workflow's settings model: a
+call built without a workflow behaves like one whose workflow left them out."""
+
 DEFAULT_MAX_DURATION_MESSAGE = "I'm sorry, we have reached the time limit for this call. Goodbye."
 
 
 @dataclass
 class PipelineConfig:
-    barge_in: bool = True
-    turn_end_silence_ms: int = 200
+    barge_in: bool = _WORKFLOW["barge_in"].default
+    turn_end_silence_ms: int = _WORKFLOW["turn_end_silence_ms"].default
     speech_start_ms: int = 96
     """Speech needed before a turn starts / the agent is interrupted (short noises are ignored)."""
     vad_threshold: float = 0.5
     vad_floor_dbfs: float = -60.0
     """Windows quieter than this skip the VAD model (near-digital silence; saves CPU per call)."""
-    idle_timeout_s: float = 10.0
+    idle_timeout_s: float = _WORKFLOW["idle_timeout_s"].default
     """Caller silence (after the agent finished speaking) before an ``idle`` turn; 0 disables."""
-    max_call_duration_s: float = 600.0
+    max_call_duration_s: float = float(_WORKFLOW["max_call_duration_s"].default)
     max_duration_message: str = DEFAULT_MAX_DURATION_MESSAGE
     speculative_stt: bool = True
     spec_after_ms: int = 64

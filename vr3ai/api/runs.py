@@ -96,7 +96,7 @@ async def get_run(run_id: str, org: OrgDep, svc: ServicesDep) -> RunOut:
     async with svc.db.session() as s:
         run = await get_owned(s, WorkflowRun, run_id, org.id, "workflow run")
     out = RunOut.model_validate(run)
-    out.has_recording = _recording_file(run, svc.settings.data_dir) is not None
+    out.has_recording = _recording_file(run, svc.settings.storage.data_dir) is not None
     return out
 
 
@@ -108,7 +108,7 @@ async def get_run(run_id: str, org: OrgDep, svc: ServicesDep) -> RunOut:
 async def get_recording(run_id: str, org: OrgDep, svc: ServicesDep) -> FileResponse:
     async with svc.db.session() as s:
         run = await get_owned(s, WorkflowRun, run_id, org.id, "workflow run")
-    path = _recording_file(run, svc.settings.data_dir)
+    path = _recording_file(run, svc.settings.storage.data_dir)
     if path is None:
         raise HTTPException(404, "this run has no recording")
     return FileResponse(path, media_type="audio/wav", filename=f"{run.id}.wav")

@@ -164,10 +164,10 @@ class OutboundPolicy:
 
     @classmethod
     def from_settings(cls, settings: Any, resolver: Resolver | None = None) -> OutboundPolicy:
-        ports = [settings.port]
-        if settings.media_tls_port and settings.media_tls_cert and settings.media_tls_key:
-            ports.append(settings.media_tls_port)
-        return cls(settings.outbound_allow, own_ports=ports, resolver=resolver)
+        ports = [settings.server.port]
+        if settings.media.tls_port and settings.media.tls_cert and settings.media.tls_key:
+            ports.append(settings.media.tls_port)
+        return cls(settings.server.outbound_allow, own_ports=ports, resolver=resolver)
 
     # --- the rules ------------------------------------------------------------------------------------
 

@@ -21,7 +21,6 @@ names a non-default port, that port. Cloud STT/TTS send the key to the provider'
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -29,20 +28,23 @@ from ipaddress import IPv6Address
 from typing import Any
 from urllib.parse import urlsplit
 
+from vr3ai.settings import VendorURLs
+
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 MAX_ALLOWED_HOSTS = 20
 _LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
 _HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
 
-CLOUD_URLS: dict[tuple[str, str], tuple[str, str]] = {
-    ("stt", "deepgram"): ("DEEPGRAM", "wss://api.deepgram.com"),
-    ("stt", "openai"): ("OPENAI", "https://api.openai.com/v1"),
-    ("tts", "openai"): ("OPENAI", "https://api.openai.com/v1"),
-    ("tts", "elevenlabs"): ("ELEVENLABS", "https://api.elevenlabs.io"),
-    ("tts", "cartesia"): ("CARTESIA", "https://api.cartesia.ai"),
+CLOUD_URLS: dict[tuple[str, str], str] = {
+    ("stt", "deepgram"): "deepgram_url",
+    ("stt", "openai"): "openai_url",
+    ("tts", "openai"): "openai_url",
+    ("tts", "elevenlabs"): "elevenlabs_url",
+    ("tts", "cartesia"): "cartesia_url",
 }
-"""(section, provider) → (``VR3AI_<NAME>_URL`` override, default base URL) of the cloud engines: the
-one table ``vr3ai.agent.factory`` builds them from, so a key is bound to the host it is sent to."""
+"""(section, provider) → the :class:`~vr3ai.settings.VendorURLs` field (``VR3AI_<NAME>_URL``, default
+base URL written there) of the cloud engines: the one table ``vr3ai.agent.factory`` builds them
+from, so a key is bound to the host it is sent to."""
 
 
 def cloud_url(section: str, provider: str) -> str | None:
@@ -50,8 +52,8 @@ def cloud_url(section: str, provider: str) -> str | None:
     found = CLOUD_URLS.get((section, provider))
     if found is None:
         return None
-    name, default = found
-    return os.environ.get(f"VR3AI_{name}_URL", default)
+    # Read at each use, not cached: the operator's override and the tests' redirects apply at once.
+    return str(getattr(VendorURLs.from_env(), found))
 
 
 def _host(hostname: str) -> str:

@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol
 from vr3ai.media.clock import MediaClock
 from vr3ai.media.tickread import TickReadable, TickReader
 from vr3ai.media.uring import RingWritable, SendBatch
+from vr3ai.settings import MediaSettings
 
 log = logging.getLogger("vr3ai.media.engine")
 
@@ -35,19 +36,28 @@ _NEVER = 1 << 30
 @dataclass(frozen=True)
 class MediaTuning:
     """Process-wide I/O settings of the media path (``VR3AI_MEDIA_*``; per-call settings are in
-    :class:`~vr3ai.media.session.MediaConfig`)."""
+    :class:`~vr3ai.media.session.MediaConfig`). The defaults are :class:`vr3ai.settings.MediaSettings`'s,
+    written there once."""
 
-    tick_reads_from: int = 16
+    @classmethod
+    def from_settings(cls, media: MediaSettings) -> MediaTuning:
+        return cls(
+            tick_reads_from=media.tick_reads_from,
+            paired_sends_from=media.paired_sends_from,
+            ring_sends=media.ring_sends,
+        )
+
+    tick_reads_from: int = MediaSettings.model_fields["tick_reads_from"].default
     """From this many media sockets in the process, the media clock reads them once per tick
     instead of the event loop waking for every frame (:mod:`vr3ai.media.tickread`): a fifth to a
     third less CPU per call at 100 calls, for 10 ms more latency on average; 0 never."""
-    paired_sends_from: int = 16
+    paired_sends_from: int = MediaSettings.model_fields["paired_sends_from"].default
     """From this many sessions on the clock, refill Asterisk's queue two frames at a time, every
     other tick: half the messages (each one a write and a wake-up of an Asterisk thread), the
     same lowest lead before a refill (``target_lead_ms`` less a frame), one frame more queued
     at the top. Speech start is not delayed by it (fast start sends a whole lead at once).
     0: never."""
-    ring_sends: bool = True
+    ring_sends: bool = MediaSettings.model_fields["ring_sends"].default
     """Send what sessions send during a clock tick with one io_uring submission (Linux; elsewhere
     frame by frame): :mod:`vr3ai.media.uring`."""
     resync: bool = True

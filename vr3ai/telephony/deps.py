@@ -48,9 +48,9 @@ class CallDeps:
             media=services.media,
             agent_factory=agent_factory,
             outbound=services.outbound,
-            data_dir=Path(settings.data_dir),
+            data_dir=Path(settings.storage.data_dir),
             public_url=settings.effective_public_url,
-            ring_timeout_s=settings.ring_timeout_s,
-            call_starts_per_s=settings.call_starts_per_s,
-            call_starts_burst=settings.call_starts_burst,
+            ring_timeout_s=settings.server.ring_timeout_s,
+            call_starts_per_s=settings.server.call_starts_per_s,
+            call_starts_burst=settings.server.call_starts_burst,
         )

@@ -248,9 +248,9 @@ class WebState:
 
 def _session_key(services: Services) -> bytes:
     settings = services.settings
-    material = settings.secret_key
+    material = settings.storage.secret_key
     if not material:
-        path = settings.data_dir / "secret.key"
+        path = settings.storage.data_dir / "secret.key"
         material = path.read_text().strip() if path.exists() else ""
     if not material:
         # No persistent secret at all (a test double of Services): sessions die with the process.

@@ -25,14 +25,12 @@ behind it (head-of-line blocking); with two, concurrent calls under load had abo
 voice-to-voice for a little more memory (figures: bench/README.md, "Why the offline voice stack is
 built this way"). A single call still gets both threads of an idle STT worker.
 
-Environment knobs (all optional): ``VR3AI_STT_THREADS`` (2), ``VR3AI_STT_WORKERS`` (2),
-``VR3AI_TTS_WORKERS`` (2), ``VR3AI_TTS_THREADS`` (1), ``VR3AI_TTS_ENGINE`` (``piper`` if
-installed else ``flite``), ``VR3AI_TTS_CACHE_DIR`` (disk cache; default: memory only),
-``VR3AI_DATA_DIR`` (the disk cache goes to ``<data dir>/tts-cache`` when set),
-``VR3AI_TTS_CACHE_MAX_MB`` (512: disk cache bound) and ``VR3AI_TTS_WARM_QUEUE_MAX`` (500: texts
-waiting for background synthesis, at most; the queue is shared by every tenant's workflows, so a
-tenant saving many large workflows must not grow it without bound; a text that does not fit is
-synthesised by the first call that says it and cached then).
+Its knobs are :class:`vr3ai.settings.VoiceSettings` (``VR3AI_STT_THREADS``, ``VR3AI_TTS_WORKERS``,
+``VR3AI_TTS_CACHE_MAX_MB``, ...: their defaults and meaning are written there, once).
+``RuntimeConfig()`` takes them from the environment; ``RuntimeConfig.from_settings`` from the
+process's settings. The warm queue is bounded (``VR3AI_TTS_WARM_QUEUE_MAX``): it is shared by every
+tenant's workflows, so a tenant saving many large workflows must not grow it without bound; a text
+that does not fit is synthesised by the first call that says it and cached then.
 """
 
 from __future__ import annotations
@@ -46,7 +44,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -58,37 +56,66 @@ from vr3ai.agent.services.flite import FliteTTS
 from vr3ai.agent.services.piper import PiperTTS, piper_available
 from vr3ai.agent.services.vad import SileroModel
 from vr3ai.agent.services.whisper import WhisperSTT
+from vr3ai.settings import Settings
 
 log = logging.getLogger("vr3ai.agent.runtime")
 
 
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
+_UNSET: Any = object()
+"""A field not given: taken from the environment's :class:`VoiceSettings` in ``__post_init__``."""
 
 
 @dataclass
 class RuntimeConfig:
-    stt_threads: int = field(default_factory=lambda: _env_int("VR3AI_STT_THREADS", 2))
-    stt_workers: int = field(default_factory=lambda: _env_int("VR3AI_STT_WORKERS", 2))
-    tts_workers: int = field(default_factory=lambda: _env_int("VR3AI_TTS_WORKERS", 2))
-    tts_threads: int = field(default_factory=lambda: _env_int("VR3AI_TTS_THREADS", 1))
-    tts_engine: str = field(default_factory=lambda: os.environ.get("VR3AI_TTS_ENGINE", ""))
+    """What :class:`VoiceRuntime` is built with. Fields not given come from the environment
+    (:class:`vr3ai.settings.VoiceSettings`, where the defaults are written)."""
+
+    stt_threads: int = _UNSET
+    stt_workers: int = _UNSET
+    tts_workers: int = _UNSET
+    tts_threads: int = _UNSET
+    tts_engine: str = _UNSET
     flite_voice: str = "slt"
-    cache_dir: Path | None = None
-    warm_queue_max: int = field(default_factory=lambda: _env_int("VR3AI_TTS_WARM_QUEUE_MAX", 500))
-    cache_max_mb: int = field(default_factory=lambda: _env_int("VR3AI_TTS_CACHE_MAX_MB", 512))
+    cache_dir: Path | None = _UNSET
+    """Disk cache of fixed texts; None: memory only. Unset: ``VR3AI_TTS_CACHE_DIR``, else
+    ``<VR3AI_DATA_DIR>/tts-cache`` when that variable is set, else memory only."""
+    warm_queue_max: int = _UNSET
+    cache_max_mb: int = _UNSET
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RuntimeConfig:
+        """The process's configuration (the app's): the disk cache in the data folder."""
+        voice = settings.voice
+        return cls(
+            stt_threads=voice.stt_threads,
+            stt_workers=voice.stt_workers,
+            tts_workers=voice.tts_workers,
+            tts_threads=voice.tts_threads,
+            tts_engine=voice.tts_engine,
+            cache_dir=settings.tts_cache_dir(),
+            warm_queue_max=voice.tts_warm_queue_max,
+            cache_max_mb=voice.tts_cache_max_mb,
+        )
 
     def __post_init__(self) -> None:
-        if self.cache_dir is None:
-            d = os.environ.get("VR3AI_TTS_CACHE_DIR")
-            data = os.environ.get("VR3AI_DATA_DIR")
-            if d:
-                self.cache_dir = Path(d)
-            elif data:
-                self.cache_dir = Path(data) / "tts-cache"
+        unset = [f.name for f in fields(self) if getattr(self, f.name) is _UNSET]
+        if unset:
+            env = Settings.from_env()
+            voice = env.voice
+            given = {
+                "stt_threads": voice.stt_threads,
+                "stt_workers": voice.stt_workers,
+                "tts_workers": voice.tts_workers,
+                "tts_threads": voice.tts_threads,
+                "tts_engine": voice.tts_engine,
+                # Without VR3AI_DATA_DIR (a library use, a test) the cache stays in memory.
+                "cache_dir": voice.tts_cache_dir
+                or (env.storage.data_dir / "tts-cache" if "data_dir" in env.storage.model_fields_set else None),
+                "warm_queue_max": voice.tts_warm_queue_max,
+                "cache_max_mb": voice.tts_cache_max_mb,
+            }
+            for name in unset:
+                setattr(self, name, given[name])
         if not self.tts_engine:
             self.tts_engine = "piper" if piper_available() else "flite"
 

@@ -32,7 +32,6 @@ are independent of wall-clock jitter. The pipeline maps them to its clock.
 from __future__ import annotations
 
 import importlib.util
-import os
 import threading
 from dataclasses import dataclass
 from enum import Enum
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from vr3ai.settings import VoiceSettings
 
 SAMPLE_RATE = 8000
 """The rate the model runs at here (telephony audio, never resampled for the VAD)."""
@@ -49,9 +50,9 @@ CONTEXT_8K = 32
 
 def bundled_silero_path() -> Path:
     """Path of the Silero ONNX model bundled in pipecat-ai, found without importing pipecat."""
-    env = os.environ.get("VR3AI_SILERO_MODEL")
-    if env:
-        return Path(env)
+    configured = VoiceSettings.from_env().silero_model
+    if configured is not None:
+        return configured
     spec = importlib.util.find_spec("pipecat")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("pipecat-ai is not installed; it ships the Silero VAD model we use")

@@ -708,5 +708,5 @@ def _tag(config_id: str) -> str:
 
 
 def _tls_port(services: ProcessServices) -> int:
-    s = services.settings
-    return s.media_tls_port if s.media_tls_port and s.media_tls_cert and s.media_tls_key else 0
+    media = services.settings.media
+    return media.tls_port if media.tls_port and media.tls_cert and media.tls_key else 0

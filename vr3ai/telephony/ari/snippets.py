@@ -269,7 +269,7 @@ def configuration_snippets(
 
     For the configuration's own organization only (callers check ownership first)."""
     public_url = settings.effective_public_url()
-    tls_port = settings.media_tls_port if settings.media_tls_cert and settings.media_tls_key else 0
+    tls_port = settings.media.tls_port if settings.media.tls_cert and settings.media.tls_key else 0
     password = box.decrypt(row.media_password_enc) if row.media_password_enc else None
     items = asterisk_snippets(
         ari_endpoint_url=row.ari_endpoint_url,
