@@ -15,7 +15,7 @@ def test_tls_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VR3AI_TLS_CERT", "/etc/vr3ai/cert.pem")
     monkeypatch.setenv("VR3AI_TLS_KEY", "/etc/vr3ai/key.pem")
     s = Settings.from_env()
-    assert (s.tls_cert, s.tls_key) == ("/etc/vr3ai/cert.pem", "/etc/vr3ai/key.pem")
+    assert (s.server.tls_cert, s.server.tls_key) == ("/etc/vr3ai/cert.pem", "/etc/vr3ai/key.pem")
 
 
 def test_main_port_tls_makes_the_public_url_https() -> None:
