@@ -270,7 +270,7 @@ async def test_llm_base_url_with_path_or_query_refused(tmp_path: Path) -> None:
 async def test_dns_rebinding_cannot_redirect_a_connection() -> None:
     """The name is checked once and the connection goes to the checked address; a later answer
     pointing elsewhere is checked again and refused, and nothing reaches the second address."""
-    info = b'{"system": {"version": "22.0.0"}}'
+    info = b'{"system": {"version": "22.10.1"}}'
     async with recording_server(lambda m, p: ok_json(info), "127.0.0.1") as honest, \
             recording_server(lambda m, p: ok_json(info), "127.0.0.2") as inner:
         lookups: list[str] = []
@@ -283,7 +283,7 @@ async def test_dns_rebinding_cannot_redirect_a_connection() -> None:
         name = f"pbx.rebind.example:{honest.port}"
         client = AriClient(f"http://{name}", "vr3ai", "pw", policy=policy)
         try:
-            assert (await client.info())["system"]["version"] == "22.0.0"
+            assert (await client.info())["system"]["version"] == "22.10.1"
             # It reached the vetted address under the original name (Host header), after one lookup:
             # the HTTP library did not resolve the name again (it could not have: only our seam knows it).
             assert len(lookups) == 1 and honest.requests[0].headers["host"] == name
@@ -322,7 +322,7 @@ async def test_redirecting_server_is_not_followed() -> None:
 
         def answer(method: str, path: str) -> tuple[int, dict[str, str], bytes]:
             if path == "/ari/asterisk/info":
-                return ok_json(b'{"system": {"version": "22.0.0"}}')
+                return ok_json(b'{"system": {"version": "22.10.1"}}')
             if path.startswith("/ari/asterisk/modules/"):
                 return ok_json(b'{"name": "x", "status": "Running"}')
             if method == "DELETE" and path.startswith("/ari/bridges/"):  # the write probe: a writable user
