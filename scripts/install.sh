@@ -27,7 +27,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
-PY=python3
+# VR3AI_PYTHON: the interpreter the venv is built on. run.sh sets Debian's /usr/bin/python3, since its
+# server user cannot reach an interpreter under /root (pyenv); a venv built on another one is rebuilt.
+PY=${VR3AI_PYTHON:-python3}
+if [ -n "${VR3AI_PYTHON:-}" ] && [ -f "$VENV/pyvenv.cfg" ] &&
+  ! grep -qx "home = $(dirname "$(command -v "$PY")")" "$VENV/pyvenv.cfg"; then
+  echo "rebuilding venv $VENV on $PY" >&2
+  rm -rf "$VENV"
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   echo "creating venv $VENV" >&2
   "$PY" -m venv "$VENV"

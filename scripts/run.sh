@@ -24,7 +24,8 @@ die() { echo "run.sh: $*" >&2; exit 1; }
 as_user() { setpriv --reuid="$RUN_USER" --regid="$RUN_USER" --init-groups -- "$@"; }
 
 export VR3AI_CACHE=${VR3AI_CACHE:-/var/cache/vr3ai}
-VENV=$(bash "$HERE/scripts/install.sh")
+# Debian's interpreter (install.sh installs python3): the server user cannot run one under /root.
+VENV=$(VR3AI_PYTHON=/usr/bin/python3 bash "$HERE/scripts/install.sh")
 # install.sh links the package to this clone (editable), which vr3ai may not be able to read: install
 # a copy instead (a few seconds; the dependencies are already there).
 "$VENV/bin/pip" install -q --no-deps --no-build-isolation --force-reinstall "$HERE" >&2
@@ -61,7 +62,7 @@ if ! as_user "$VENV/bin/python" -c "import vr3ai.cli" 2>/dev/null; then
     die "user $RUN_USER cannot run $VENV: a folder above it is closed to it. Set VR3AI_CACHE to a folder" \
       "outside home folders (the default is /var/cache/vr3ai)."
 fi
-for var in VR3AI_MEDIA_TLS_CERT VR3AI_MEDIA_TLS_KEY; do
+for var in VR3AI_TLS_CERT VR3AI_TLS_KEY VR3AI_MEDIA_TLS_CERT VR3AI_MEDIA_TLS_KEY; do
   file=${!var:-}
   [ -z "$file" ] || as_user test -r "$file" ||
     die "user $RUN_USER cannot read $var=$file (e.g. chgrp $RUN_USER it and chmod 640)."
